@@ -1,0 +1,346 @@
+//! The agent endpoint `/mcp/{server}` over Streamable HTTP (SPEC 2.1): POST for messages, GET
+//! for the server-initiated stream, DELETE to end a session. This file owns HTTP concerns only
+//! (bodies, statuses, headers, SSE framing); the request path itself is `pipeline`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderValue, StatusCode, header};
+use http_body_util::BodyExt;
+
+use crate::gateway::Gateway;
+use crate::jsonrpc;
+use crate::pipeline::{self, Refused};
+use crate::session::{SessionRefusal, UpstreamSession};
+use crate::upstream::http::SESSION_HEADER;
+use crate::upstream::{Event, Reply};
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let body = jsonrpc::error_response(self.id.as_deref(), self.code, &self.message);
+        let mut response = (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"toolgate\""),
+            );
+        }
+        response
+    }
+}
+
+pub async fn post(
+    State(gw): State<Arc<Gateway>>,
+    Path(server): Path<String>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let grant = match pipeline::admit(
+        &gw,
+        &server,
+        &parts.headers,
+        parts.uri.authority().map(|a| a.as_str()),
+    ) {
+        Ok(g) => g,
+        Err(r) => return r.into_response(),
+    };
+    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+        if !ct.starts_with("application/json") {
+            return Refused::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                jsonrpc::INVALID_REQUEST,
+                "Unsupported Media Type: Content-Type must be application/json",
+            )
+            .into_response();
+        }
+    }
+    let body = match read_body(body, &parts.headers, gw.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let msg = match pipeline::read_message(&body) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    if let Err(r) = pipeline::check_transport_headers(&parts.headers, &msg) {
+        return r.into_response();
+    }
+    let binding = match pipeline::bind_session(&gw, &parts.headers, &grant, &msg) {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    if let Err(r) = pipeline::decide(&msg) {
+        return r.into_response();
+    }
+    match pipeline::forward(&gw, &server, &parts.headers, grant, &body, &msg, binding).await {
+        Ok(answer) => {
+            let mut response = render(&gw, answer.reply, answer.accepts_sse).await;
+            if let Some(id) = answer.new_session {
+                if let Ok(v) = HeaderValue::from_str(&id) {
+                    response.headers_mut().insert(SESSION_HEADER, v);
+                }
+            }
+            response
+        }
+        Err(r) => r.into_response(),
+    }
+}
+
+pub async fn get(
+    State(gw): State<Arc<Gateway>>,
+    Path(server): Path<String>,
+    request: Request,
+) -> Response {
+    let (parts, _) = request.into_parts();
+    let grant = match pipeline::admit(
+        &gw,
+        &server,
+        &parts.headers,
+        parts.uri.authority().map(|a| a.as_str()),
+    ) {
+        Ok(g) => g,
+        Err(r) => return r.into_response(),
+    };
+    if !parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream") || v.contains("*/*"))
+    {
+        return Refused::new(
+            StatusCode::NOT_ACCEPTABLE,
+            jsonrpc::INVALID_REQUEST,
+            "Not Acceptable: the stream is text/event-stream",
+        )
+        .into_response();
+    }
+    let session = match session_of(&gw, &parts.headers, &grant) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let guard = session.stream_opened();
+    let ended = session.ended.clone();
+    let events = match &session.upstream {
+        UpstreamSession::Stdio(s) => match s.open_stream().await {
+            Ok(rx) => tokio_stream_from(rx),
+            Err(why) => {
+                return Refused::new(StatusCode::BAD_GATEWAY, jsonrpc::INTERNAL_ERROR, why)
+                    .into_response();
+            }
+        },
+        UpstreamSession::Http(h) => match h.open_stream(parts.headers.get("last-event-id")).await {
+            Reply::Stream(events) => events,
+            other => return render(&gw, other, true).await,
+        },
+    };
+    // The guard keeps the session from being reaped as idle while its stream is open.
+    let events = events.take_until(ended.cancelled_owned()).map(move |e| {
+        let _ = &guard;
+        e
+    });
+    sse_response(&gw, events.boxed())
+}
+
+pub async fn delete(
+    State(gw): State<Arc<Gateway>>,
+    Path(server): Path<String>,
+    request: Request,
+) -> Response {
+    let (parts, _) = request.into_parts();
+    let grant = match pipeline::admit(
+        &gw,
+        &server,
+        &parts.headers,
+        parts.uri.authority().map(|a| a.as_str()),
+    ) {
+        Ok(g) => g,
+        Err(r) => return r.into_response(),
+    };
+    let session = match session_of(&gw, &parts.headers, &grant) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    if let Some(s) = gw.sessions.remove(&session.id) {
+        s.close().await;
+        tracing::debug!(session = %s.id, "session ended by the agent");
+    }
+    StatusCode::OK.into_response()
+}
+
+fn session_of(
+    gw: &Gateway,
+    headers: &http::HeaderMap,
+    grant: &crate::grants::Grant,
+) -> Result<Arc<crate::session::Session>, Refused> {
+    let id = headers.get(SESSION_HEADER).ok_or_else(|| {
+        Refused::new(
+            StatusCode::BAD_REQUEST,
+            jsonrpc::INVALID_REQUEST,
+            "Bad Request: Mcp-Session-Id header is required",
+        )
+    })?;
+    gw.sessions
+        .get(id.to_str().unwrap_or(""), grant)
+        .map_err(|r| match r {
+            SessionRefusal::NotFound => Refused::new(
+                StatusCode::NOT_FOUND,
+                jsonrpc::INVALID_REQUEST,
+                "Session not found: initialize a new session",
+            ),
+            SessionRefusal::OtherGrant => Refused::new(
+                StatusCode::FORBIDDEN,
+                jsonrpc::INVALID_REQUEST,
+                "Forbidden: this session belongs to another grant",
+            ),
+        })
+}
+
+/// Reads the body up to the limit: over it, 413 without reading further.
+async fn read_body(body: Body, headers: &http::HeaderMap, limit: usize) -> Result<Bytes, Refused> {
+    let too_large = || {
+        Refused::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            jsonrpc::INVALID_REQUEST,
+            format!("Payload Too Large: the body limit is {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(Refused::new(
+            StatusCode::BAD_REQUEST,
+            jsonrpc::PARSE_ERROR,
+            "Parse error: the body could not be read",
+        )),
+    }
+}
+
+/// Renders an upstream reply for the agent.
+async fn render(gw: &Gateway, reply: Reply, accepts_sse: bool) -> Response {
+    match reply {
+        Reply::Json { status, body } => {
+            (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Reply::Accepted => StatusCode::ACCEPTED.into_response(),
+        Reply::Status {
+            status,
+            content_type,
+            body,
+        } => {
+            let mut response = (status, body).into_response();
+            if let Some(ct) = content_type {
+                response.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            response
+        }
+        Reply::Stream(events) if accepts_sse => sse_response(gw, events),
+        Reply::Stream(mut events) => {
+            // The agent takes only JSON: answer with the response and drop what came before
+            // it (notifications meant for a stream the agent does not read).
+            while let Some(event) = events.next().await {
+                if is_response(&event.data) {
+                    return (
+                        StatusCode::OK,
+                        [(header::CONTENT_TYPE, "application/json")],
+                        event.data,
+                    )
+                        .into_response();
+                }
+            }
+            Refused::new(
+                StatusCode::BAD_GATEWAY,
+                jsonrpc::INTERNAL_ERROR,
+                "upstream stream ended without a response",
+            )
+            .into_response()
+        }
+    }
+}
+
+fn is_response(data: &[u8]) -> bool {
+    jsonrpc::Envelope::parse(data).is_ok_and(|e| e.kind() == Ok(jsonrpc::Kind::Response))
+}
+
+fn sse_response(gw: &Gateway, events: futures_util::stream::BoxStream<'static, Event>) -> Response {
+    let frames = events
+        .take_until(gw.shutdown.clone().cancelled_owned())
+        .map(|e| Ok::<_, Infallible>(sse_frame(&e)));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(frames))
+        .expect("static response parts are valid")
+}
+
+/// One SSE frame. Data lines are split on newlines, as the SSE format requires.
+pub fn sse_frame(e: &Event) -> Bytes {
+    let mut out = Vec::with_capacity(e.data.len() + 32);
+    if let Some(event) = &e.event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(event.as_bytes());
+        out.push(b'\n');
+    }
+    if let Some(id) = &e.id {
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'\n');
+    }
+    if let Some(retry) = e.retry {
+        out.extend_from_slice(format!("retry: {retry}\n").as_bytes());
+    }
+    for line in e.data.split(|b| *b == b'\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Event>,
+) -> futures_util::stream::BoxStream<'static, Event> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_frames() {
+        let e = Event {
+            id: Some("7".into()),
+            event: None,
+            retry: None,
+            data: Bytes::from_static(b"{\"a\":\n1}"),
+        };
+        assert_eq!(&sse_frame(&e)[..], b"id: 7\ndata: {\"a\":\ndata: 1}\n\n");
+        let priming = Event {
+            id: Some("0".into()),
+            event: None,
+            retry: Some(1000),
+            data: Bytes::new(),
+        };
+        assert_eq!(&sse_frame(&priming)[..], b"id: 0\nretry: 1000\ndata: \n\n");
+    }
+}

@@ -1,0 +1,25 @@
+//! toolgate: an MCP policy gateway. Agents call tools through it; every `tools/call` is decided
+//! before it reaches the server.
+//!
+//! # Layout
+//! - `config`: the TOML file, `${ENV}` expansion, its errors.
+//! - `grants`: grant tokens and the door (401/403).
+//! - `jsonrpc`: envelope parsing (borrowed, duplicate keys refused), error shapes.
+//! - `pipeline`: the request path of SPEC 3, one named step per function.
+//! - `session`: the session table, grant binding, idle expiry.
+//! - `downstream`: the agent-facing transports (`http`: Streamable HTTP; `rebinding`: Host/Origin).
+//! - `upstream`: the server-facing transports (`stdio` children, `http` Streamable HTTP).
+//! - `gateway`: the shared state the request path reads.
+//! - `server`: routes, accept loop, shutdown.
+//!
+//! The policy engine lives in its own crate, `toolgate-policy`, pure and free of I/O.
+
+pub mod config;
+pub mod downstream;
+pub mod gateway;
+pub mod grants;
+pub mod jsonrpc;
+pub mod pipeline;
+pub mod server;
+pub mod session;
+pub mod upstream;

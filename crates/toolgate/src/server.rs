@@ -1,0 +1,80 @@
+//! The HTTP server: routes, the accept loop, the idle-session reaper, graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+
+use crate::downstream::http as mcp;
+use crate::gateway::Gateway;
+
+/// How often idle sessions are looked for.
+const REAP_EVERY: Duration = Duration::from_secs(30);
+
+pub fn router(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/mcp/{server}",
+            get(mcp::get).post(mcp::post).delete(mcp::delete),
+        )
+        .route(
+            "/mcp/{server}/",
+            get(mcp::get).post(mcp::post).delete(mcp::delete),
+        )
+        .with_state(gw)
+}
+
+/// Serves until SIGTERM/SIGINT, then drains: no new connections, calls in flight get
+/// `shutdown_grace` to finish, streams end, and every upstream session is closed.
+pub async fn serve(gw: Arc<Gateway>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    let reaper = tokio::spawn(reap_idle_sessions(gw.clone()));
+    let shutdown = gw.shutdown.clone();
+    let grace = gw.config.shutdown_grace;
+    let server = axum::serve(listener, router(gw.clone())).with_graceful_shutdown(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: finishing calls in flight");
+        // Long-lived streams would otherwise hold the drain open forever.
+        shutdown.cancel();
+    });
+    let drained = async {
+        gw.shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => result?,
+        _ = drained => tracing::warn!("shutdown grace of {grace:?} over; ending remaining calls"),
+    }
+    reaper.abort();
+    let sessions = gw.sessions.drain();
+    let count = sessions.len();
+    futures_util::future::join_all(sessions.iter().map(|s| s.close())).await;
+    drop(sessions);
+    gw.stateless_stdio.clear();
+    // Children get their stdin closed and a moment to exit before the runtime ends.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tracing::info!(sessions = count, "stopped");
+    Ok(())
+}
+
+async fn reap_idle_sessions(gw: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(REAP_EVERY);
+    loop {
+        tick.tick().await;
+        for session in gw.sessions.take_idle(gw.config.session_idle_timeout) {
+            tracing::info!(session = %session.id, grant = %session.grant.label, "ending idle session");
+            session.close().await;
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
