@@ -86,11 +86,10 @@ pub async fn post(
     match pipeline::forward(&gw, &server, &parts.headers, grant, &body, &msg, binding).await {
         Ok(answer) => {
             let mut response = render(&gw, answer.reply, answer.accepts_sse).await;
-            if let Some(id) = answer.new_session {
-                if let Ok(v) = HeaderValue::from_str(&id) {
+            if let Some(id) = answer.new_session
+                && let Ok(v) = HeaderValue::from_str(&id) {
                     response.headers_mut().insert(SESSION_HEADER, v);
                 }
-            }
             response
         }
         Err(r) => r.into_response(),

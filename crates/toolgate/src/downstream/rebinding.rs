@@ -35,7 +35,7 @@ impl HostCheck {
     /// `host` is the `Host` header or the URI authority (HTTP/2).
     pub fn host_allowed(&self, host: &str) -> bool {
         let host = host.to_ascii_lowercase();
-        if self.extra_hosts.iter().any(|h| *h == host) {
+        if self.extra_hosts.contains(&host) {
             return true;
         }
         let Some(name) = host_name(&host) else {
@@ -46,7 +46,7 @@ impl HostCheck {
 
     pub fn origin_allowed(&self, origin: &str) -> bool {
         let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-        if self.extra_origins.iter().any(|o| *o == origin) {
+        if self.extra_origins.contains(&origin) {
             return true;
         }
         let Some(rest) = origin

@@ -474,11 +474,10 @@ impl Child {
     /// agent's request id, which the child knows under the gateway's id: rewrite it.
     pub async fn notify(&self, out: &Outbound<'_>) -> Reply {
         let mut msg = out.body.clone();
-        if out.method == "notifications/cancelled" {
-            if let Some(rewritten) = self.rewrite_cancelled(out.body) {
+        if out.method == "notifications/cancelled"
+            && let Some(rewritten) = self.rewrite_cancelled(out.body) {
                 msg = rewritten;
             }
-        }
         if self.write(msg).await.is_err() {
             return Reply::Status {
                 status: http::StatusCode::BAD_GATEWAY,
