@@ -506,10 +506,10 @@ fn condition(w: &mut Walk, v: &Value, pointer: &str) -> Option<Condition> {
             None
         }
     };
-    if let (Some(op), Some(value)) = (op, &value) {
-        if let Some(why) = value_problem(op, value) {
-            w.problem(&value_pointer, why);
-        }
+    if let (Some(op), Some(value)) = (op, &value)
+        && let Some(why) = value_problem(op, value)
+    {
+        w.problem(&value_pointer, why);
     }
     if w.problems.len() != before {
         return None;

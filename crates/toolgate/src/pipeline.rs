@@ -83,13 +83,14 @@ pub fn admit(
         ));
     }
     if let Some(origin) = headers.get(http::header::ORIGIN)
-        && !origin.to_str().is_ok_and(|o| gw.hosts.origin_allowed(o)) {
-            return Err(Refused::new(
-                StatusCode::FORBIDDEN,
-                jsonrpc::INVALID_REQUEST,
-                "Forbidden: Origin not allowed",
-            ));
-        }
+        && !origin.to_str().is_ok_and(|o| gw.hosts.origin_allowed(o))
+    {
+        return Err(Refused::new(
+            StatusCode::FORBIDDEN,
+            jsonrpc::INVALID_REQUEST,
+            "Forbidden: Origin not allowed",
+        ));
+    }
     let authorization = headers
         .get(http::header::AUTHORIZATION)
         .map(|v| v.as_bytes());
@@ -157,9 +158,10 @@ pub fn check_transport_headers(headers: &HeaderMap, msg: &Message<'_>) -> Result
         .with_id(msg.id)
     };
     if let Some(m) = headers.get(METHOD_HEADER)
-        && m.as_bytes() != msg.envelope.method().as_bytes() {
-            return Err(mismatch("Mcp-Method"));
-        }
+        && m.as_bytes() != msg.envelope.method().as_bytes()
+    {
+        return Err(mismatch("Mcp-Method"));
+    }
     if let Some(n) = headers.get(NAME_HEADER) {
         let params = msg
             .envelope
@@ -252,9 +254,10 @@ pub fn decide(msg: &Message<'_>) -> Result<(), Refused> {
         return Err(invalid("tools/call needs params.name"));
     }
     if let Some(args) = params.arguments
-        && !args.get().trim_start().starts_with('{') {
-            return Err(invalid("tools/call arguments must be an object"));
-        }
+        && !args.get().trim_start().starts_with('{')
+    {
+        return Err(invalid("tools/call arguments must be an object"));
+    }
     Ok(())
 }
 
@@ -304,9 +307,10 @@ pub async fn forward(
             // The upstream forgot the session (it restarted): forget it too, so the agent's
             // next request gets 404 and it re-initializes.
             if matches!(&reply, Reply::Status { status, .. } if *status == StatusCode::NOT_FOUND)
-                && let Some(s) = gw.sessions.remove(&session.id) {
-                    s.close().await;
-                }
+                && let Some(s) = gw.sessions.remove(&session.id)
+            {
+                s.close().await;
+            }
             answer(reply, None)
         }
         Binding::New => match upstream {

@@ -87,9 +87,10 @@ pub async fn post(
         Ok(answer) => {
             let mut response = render(&gw, answer.reply, answer.accepts_sse).await;
             if let Some(id) = answer.new_session
-                && let Ok(v) = HeaderValue::from_str(&id) {
-                    response.headers_mut().insert(SESSION_HEADER, v);
-                }
+                && let Ok(v) = HeaderValue::from_str(&id)
+            {
+                response.headers_mut().insert(SESSION_HEADER, v);
+            }
             response
         }
         Err(r) => r.into_response(),

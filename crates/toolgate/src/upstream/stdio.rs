@@ -475,9 +475,10 @@ impl Child {
     pub async fn notify(&self, out: &Outbound<'_>) -> Reply {
         let mut msg = out.body.clone();
         if out.method == "notifications/cancelled"
-            && let Some(rewritten) = self.rewrite_cancelled(out.body) {
-                msg = rewritten;
-            }
+            && let Some(rewritten) = self.rewrite_cancelled(out.body)
+        {
+            msg = rewritten;
+        }
         if self.write(msg).await.is_err() {
             return Reply::Status {
                 status: http::StatusCode::BAD_GATEWAY,
