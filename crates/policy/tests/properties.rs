@@ -142,7 +142,9 @@ fn judge(p: &Policy, at: Option<Value>) -> (bool, bool) {
 
 #[test]
 fn op_semantics() {
-    let cases: Vec<(&str, Value, Option<Value>, (bool, bool))> = vec![
+    // (op, value, argument at args.a.b, (fires in deny_if, passes require))
+    type OpCase = (&'static str, Value, Option<Value>, (bool, bool));
+    let cases: Vec<OpCase> = vec![
         ("eq", json!(1), Some(json!(1.0)), (true, true)),
         ("eq", json!("x"), Some(json!("x")), (true, true)),
         ("eq", json!("x"), Some(json!("X")), (false, false)),
