@@ -234,11 +234,14 @@ listen = "127.0.0.1:0"
 state_dir = $(toml_str "$TMP/gateway/state")
 
 [servers.conf-stdio]
+# Everything allowed: the suite checks the relay; the policy path still runs on every call.
+policy = $(toml_str "$ROOT/fixtures/conformance/policy.json")
 command = $(toml_str "$FIXTURE_NODE")
 args = [$(toml_str "$FIXTURE"), "--stdio"]
 cwd = $(toml_str "$NODE_DIR")
 
 [servers.conf-http]
+policy = $(toml_str "$ROOT/fixtures/conformance/policy.json")
 url = $(toml_str "$FIXTURE_URL")
 
 # The suite cannot send credentials: anonymous grants (loopback only).

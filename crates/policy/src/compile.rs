@@ -122,6 +122,11 @@ impl Policy {
             || (self.document.hide_unlisted && !self.tools.contains_key(tool))
     }
 
+    /// Whether any tool can be hidden (else `tools/list` answers need no filtering).
+    pub fn hides_anything(&self) -> bool {
+        !self.hidden.is_empty() || self.document.hide_unlisted
+    }
+
     /// Whether the policy names this tool under `tools`.
     pub fn lists(&self, tool: &str) -> bool {
         self.tools.contains_key(tool)

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, TransportConfig};
 use crate::downstream::rebinding::HostCheck;
 use crate::grants::GrantTable;
+use crate::policies::PolicySet;
 use crate::session::SessionTable;
 use crate::upstream::http::HttpServer;
 use crate::upstream::stdio::{StdioServer, StdioSession};
@@ -24,6 +25,7 @@ pub struct Gateway {
     pub config: Config,
     pub servers: HashMap<String, Upstream>,
     pub grants: GrantTable,
+    pub policies: PolicySet,
     pub sessions: SessionTable,
     /// Children answering sessionless (2026-07-28) requests on stdio servers, one per grant
     /// so that grants never share a process.
@@ -34,7 +36,15 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: Config) -> Gateway {
+    /// Builds the gateway's state; fails when a policy file cannot be loaded.
+    pub fn new(config: Config) -> Result<Gateway, crate::policies::LoadError> {
+        let mut policies = PolicySet::default();
+        for server in &config.servers {
+            if let Some(path) = &server.policy {
+                policies.load(path)?;
+            }
+        }
+        let grants = GrantTable::from_config(&config, &mut policies)?;
         let servers = config
             .servers
             .iter()
@@ -61,14 +71,15 @@ impl Gateway {
                 (s.name.clone(), upstream)
             })
             .collect();
-        Gateway {
-            grants: GrantTable::from_config(&config),
+        Ok(Gateway {
+            grants,
+            policies,
             hosts: HostCheck::new(&config),
             servers,
             sessions: SessionTable::default(),
             stateless_stdio: DashMap::new(),
             shutdown: CancellationToken::new(),
             config,
-        }
+        })
     }
 }

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{Config, Credential};
+use crate::policies::{LoadError, PolicyFile, PolicySet};
 
 /// A grant: a label, one server, and (from the next issue on) one policy.
 #[derive(Debug)]
@@ -19,7 +20,8 @@ pub struct Grant {
     pub id: String,
     pub label: String,
     pub server: String,
-    pub policy: Option<std::path::PathBuf>,
+    /// The grant's own policy, else its server's; None means every call is denied.
+    pub policy: Option<Arc<PolicyFile>>,
 }
 
 /// Why a request was turned away at the door.
@@ -45,14 +47,24 @@ pub fn digest(token: &str) -> Digest32 {
 }
 
 impl GrantTable {
-    pub fn from_config(config: &Config) -> GrantTable {
+    /// Builds the table, loading each grant's policy (its own, else its server's) into `policies`.
+    pub fn from_config(config: &Config, policies: &mut PolicySet) -> Result<GrantTable, LoadError> {
         let mut table = GrantTable::default();
         for g in &config.grants {
+            let server_policy = config
+                .servers
+                .iter()
+                .find(|s| s.name == g.server)
+                .and_then(|s| s.policy.as_ref());
+            let policy = match g.policy.as_ref().or(server_policy) {
+                Some(path) => Some(policies.load(path)?),
+                None => None,
+            };
             let grant = Arc::new(Grant {
                 id: format!("config:{}", g.name),
                 label: g.name.clone(),
                 server: g.server.clone(),
-                policy: g.policy.clone(),
+                policy,
             });
             match &g.credential {
                 Credential::Token { token, .. } => {
@@ -63,7 +75,7 @@ impl GrantTable {
                 }
             }
         }
-        table
+        Ok(table)
     }
 
     /// Decides who a request is, from its `Authorization` header, for `server`.
@@ -147,7 +159,7 @@ anonymous = true
             &Env,
         )
         .unwrap();
-        GrantTable::from_config(&cfg)
+        GrantTable::from_config(&cfg, &mut PolicySet::default()).unwrap()
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! before it reaches the server.
 //!
 //! # Layout
+//! - `answers`: what the gateway says itself: denials, unknown tools, filtered tool lists.
 //! - `config`: the TOML file, `${ENV}` expansion, its errors.
 //! - `grants`: grant tokens and the door (401/403).
 //! - `jsonrpc`: envelope parsing (borrowed, duplicate keys refused), error shapes.
 //! - `pipeline`: the request path of SPEC 3, one named step per function.
+//! - `policies`: policy files, compiled once per version, watched and swapped atomically.
 //! - `session`: the session table, grant binding, idle expiry.
 //! - `downstream`: the agent-facing transports (`http`: Streamable HTTP; `rebinding`: Host/Origin).
 //! - `upstream`: the server-facing transports (`stdio` children, `http` Streamable HTTP).
@@ -14,12 +16,14 @@
 //!
 //! The policy engine lives in its own crate, `toolgate-policy`, pure and free of I/O.
 
+pub mod answers;
 pub mod config;
 pub mod downstream;
 pub mod gateway;
 pub mod grants;
 pub mod jsonrpc;
 pub mod pipeline;
+pub mod policies;
 pub mod server;
 pub mod session;
 pub mod upstream;

@@ -127,7 +127,12 @@ async fn serve(cfg: Config) -> Result<(), String> {
     for s in &cfg.servers {
         tracing::info!(server = %s.name, "agents reach it at http://{addr}/mcp/{}", s.name);
     }
-    let gw = Arc::new(Gateway::new(cfg));
+    let gw = Arc::new(Gateway::new(cfg).map_err(|e| e.to_string())?);
+    // Kept alive for as long as the gateway serves: dropping it stops the watch.
+    let _watcher = gw
+        .policies
+        .watch()
+        .map_err(|e| format!("cannot watch policy files: {e}"))?;
     // Tests and scripts wait for this line (and read the port from it when listening on :0).
     tracing::info!("listening on http://{addr}");
     toolgate::server::serve(gw, listener)

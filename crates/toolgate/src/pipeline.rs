@@ -5,7 +5,7 @@
 //! 2. `read_message`: one JSON-RPC message, classified; batches and bad shapes refused.
 //! 3. `check_transport_headers`: `Mcp-Method` / `Mcp-Name` must agree with the body.
 //! 4. `bind_session`: the agent's session, checked against the grant, or a new one.
-//! 5. `decide`: the policy decision (the policy engine plugs in here).
+//! 5. `decide`: the policy decision: deny, hide, or forward (with `tools/list` filtered).
 //! 6. `forward`: to the upstream; its reply goes back as it came.
 //!
 //! Reservation, approval, settlement and audit (later issues) slot in around 5 and 6.
@@ -16,9 +16,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
+use toolgate_policy::Decision;
+
+use crate::answers;
 use crate::gateway::{Gateway, Upstream};
 use crate::grants::{DoorRefusal, Grant};
 use crate::jsonrpc::{self, Envelope, Kind, NamedParams};
+use crate::policies::Loaded;
 use crate::session::{Session, SessionRefusal, UpstreamSession};
 use crate::upstream::http::{
     HttpSession, METHOD_HEADER, NAME_HEADER, PROTOCOL_HEADER, SESSION_HEADER,
@@ -61,6 +65,8 @@ pub struct Answer {
     /// Set when this message opened a session: its id goes back in `Mcp-Session-Id`.
     pub new_session: Option<Arc<str>>,
     pub accepts_sse: bool,
+    /// For `tools/list`: the policy whose hidden tools are taken out of the response.
+    pub list_filter: Option<Arc<Loaded>>,
 }
 
 /// Step 1: the door. Host and Origin first (a rebinding page learns nothing, not even 401),
@@ -230,12 +236,49 @@ pub fn bind_session(
     }
 }
 
-/// Step 5: the decision. Until the policy engine lands (next issue) every well-formed call is
-/// allowed; what is already refused here is a `tools/call` the policy could not even read.
-pub fn decide(msg: &Message<'_>) -> Result<(), Refused> {
-    if msg.kind != Kind::Request || msg.envelope.method() != "tools/call" {
-        return Ok(());
+/// The outcome of the decision step.
+pub enum Verdict {
+    /// Forward the message. For `tools/list`, the policy whose hidden tools leave the answer;
+    /// for a `tools/call` the policy does not name, the tool the upstream must have listed.
+    Forward {
+        list_filter: Option<Arc<Loaded>>,
+        must_be_listed: Option<String>,
+    },
+    /// Answer the agent at once (a denial, an unknown tool); nothing reaches the upstream.
+    Answer(Bytes),
+}
+
+const FORWARD: Verdict = Verdict::Forward {
+    list_filter: None,
+    must_be_listed: None,
+};
+
+/// Rule named when a grant has no policy at all: every call is denied (fail closed).
+pub const NO_POLICY_RULE: &str = "(no policy)";
+
+/// Step 5: the decision (SPEC 3 and 4). `tools/list` answers lose hidden tools; a `tools/call`
+/// is evaluated on its name and arguments. Counters and approvals (later issues) take over
+/// from the `Allow` the engine returns.
+pub fn decide(grant: &Grant, msg: &Message<'_>) -> Result<Verdict, Refused> {
+    if msg.kind != Kind::Request {
+        return Ok(FORWARD);
     }
+    let policy = grant.policy.as_ref().map(|p| p.current());
+    match msg.envelope.method() {
+        "tools/list" => {
+            let list_filter = policy.filter(|p| p.policy.hides_anything());
+            Ok(Verdict::Forward {
+                list_filter,
+                must_be_listed: None,
+            })
+        }
+        "tools/call" => decide_call(msg, policy),
+        _ => Ok(FORWARD),
+    }
+}
+
+fn decide_call(msg: &Message<'_>, policy: Option<Arc<Loaded>>) -> Result<Verdict, Refused> {
+    let id = msg.id.unwrap_or("null");
     let invalid = |why: &str| {
         Refused::new(
             StatusCode::OK,
@@ -250,18 +293,202 @@ pub fn decide(msg: &Message<'_>) -> Result<(), Refused> {
         .ok_or_else(|| invalid("tools/call needs params"))?;
     let params: NamedParams = serde_json::from_str(params.get())
         .map_err(|e| invalid(&format!("tools/call params: {e}")))?;
-    if params.name.as_deref().is_none_or(str::is_empty) {
-        return Err(invalid("tools/call needs params.name"));
+    let name = params
+        .name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| invalid("tools/call needs params.name"))?;
+    // Read with duplicate keys refused: {"amount":5,"amount":5000} must not be judged as 5
+    // here and acted on as 5000 upstream.
+    let args = match params.arguments {
+        None => serde_json::Value::Null,
+        Some(raw) => {
+            let v = toolgate_policy::json::parse_strict(raw.get())
+                .map_err(|e| invalid(&format!("arguments: {e}")))?;
+            if !v.is_object() {
+                return Err(invalid("tools/call arguments must be an object"));
+            }
+            v
+        }
+    };
+    let Some(loaded) = policy else {
+        let message = "No policy applies to this grant; every call is denied";
+        return Ok(Verdict::Answer(answers::denial(
+            id,
+            message,
+            NO_POLICY_RULE,
+            None,
+        )));
+    };
+    match loaded.policy.evaluate(name, &args) {
+        Decision::Hidden => Ok(Verdict::Answer(answers::unknown_tool(id, name))),
+        Decision::Deny { rule, message } => Ok(Verdict::Answer(answers::denial(
+            id,
+            &message,
+            rule,
+            Some(loaded.version),
+        ))),
+        Decision::Allow { .. } => {
+            // A tool the policy does not name is allowed only by the default: it must also be
+            // one the upstream lists, so that a look-alike name ("Delete_Project", a trailing
+            // space) is refused here instead of being interpreted by the server.
+            let must_be_listed = (!loaded.policy.lists(name)).then(|| name.to_string());
+            Ok(Verdict::Forward {
+                list_filter: None,
+                must_be_listed,
+            })
+        }
     }
-    if let Some(args) = params.arguments
-        && !args.get().trim_start().starts_with('{')
-    {
-        return Err(invalid("tools/call arguments must be an object"));
+}
+
+/// Sends one message on a binding's upstream (opening nothing).
+async fn send_on(
+    gw: &Gateway,
+    upstream: &Upstream,
+    grant: &Grant,
+    binding: &Binding,
+    out: &Outbound<'_>,
+) -> Result<Reply, Refused> {
+    match binding {
+        Binding::Session(session) => Ok(match &session.upstream {
+            UpstreamSession::Stdio(s) => s.send(out).await,
+            UpstreamSession::Http(h) => h.send(out).await,
+        }),
+        Binding::New => unreachable!("initialize is sent by forward"),
+        Binding::Stateless => match upstream {
+            Upstream::Http(server) => Ok(server.post(None, out).await.0),
+            Upstream::Stdio(server) => {
+                let stateless = out
+                    .protocol_version
+                    .is_some_and(|v| v.as_bytes() == STATELESS_VERSION.as_bytes());
+                if !stateless {
+                    return Err(Refused::new(
+                        StatusCode::BAD_REQUEST,
+                        jsonrpc::INVALID_REQUEST,
+                        "Bad Request: Mcp-Session-Id header is required",
+                    )
+                    .with_id(out.id));
+                }
+                let child = match gw.stateless_stdio.entry(grant.id.clone()) {
+                    dashmap::Entry::Occupied(e) => e.get().clone(),
+                    dashmap::Entry::Vacant(v) => match StdioSession::stateless(server.clone()) {
+                        Ok(s) => v.insert(Arc::new(s)).clone(),
+                        Err(e) => {
+                            tracing::error!(server = %server.name, "cannot start stdio server: {e}");
+                            return Err(Refused::new(
+                                StatusCode::BAD_GATEWAY,
+                                jsonrpc::INTERNAL_ERROR,
+                                "upstream server could not be started",
+                            )
+                            .with_id(out.id));
+                        }
+                    },
+                };
+                Ok(child.send(out).await)
+            }
+        },
     }
-    Ok(())
+}
+
+/// The names of the tools the upstream lists, fetched by the gateway itself (all pages) and
+/// kept per session; fetched again when a call names a tool not seen yet (the server's
+/// listing may have changed).
+async fn upstream_lists(
+    gw: &Gateway,
+    upstream: &Upstream,
+    grant: &Grant,
+    binding: &Binding,
+    like: &Outbound<'_>,
+    tool: &str,
+) -> Result<bool, Refused> {
+    let cache = match binding {
+        Binding::Session(s) => Some(&s.tool_names),
+        _ => None,
+    };
+    if let Some(cache) = cache {
+        if cache
+            .lock()
+            .expect("tool cache lock")
+            .as_ref()
+            .is_some_and(|names| names.contains(tool))
+        {
+            return Ok(true);
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    let mut cursor: Option<String> = None;
+    for page in 0..100u32 {
+        let params = match &cursor {
+            Some(c) => format!(r#"{{"cursor":{c}}}"#),
+            None => "{}".to_string(),
+        };
+        let body = Bytes::from(format!(
+            r#"{{"jsonrpc":"2.0","id":"toolgate-tools-{page}","method":"tools/list","params":{params}}}"#
+        ));
+        let method_header = like
+            .mcp_method
+            .map(|_| http::HeaderValue::from_static("tools/list"));
+        let out = Outbound {
+            body: &body,
+            kind: Kind::Request,
+            method: "tools/list",
+            id: Some("\"toolgate-tools\""),
+            progress_token: None,
+            accepts_sse: false,
+            protocol_version: like.protocol_version,
+            mcp_method: method_header.as_ref(),
+            mcp_name: None,
+        };
+        let reply = send_on(gw, upstream, grant, binding, &out).await?;
+        let message = response_of(reply).await.ok_or_else(|| {
+            Refused::new(
+                StatusCode::OK,
+                jsonrpc::INTERNAL_ERROR,
+                "upstream tools/list failed",
+            )
+            .with_id(like.id)
+        })?;
+        let (page_names, next) = answers::list_page(&message).map_err(|why| {
+            tracing::warn!("upstream tools/list could not be read: {why}");
+            Refused::new(
+                StatusCode::OK,
+                jsonrpc::INTERNAL_ERROR,
+                "upstream tools/list could not be read",
+            )
+            .with_id(like.id)
+        })?;
+        names.extend(page_names);
+        match next {
+            Some(c) if Some(&c) != cursor.as_ref() => cursor = Some(c),
+            _ => break,
+        }
+    }
+    let listed = names.contains(tool);
+    if let Some(cache) = cache {
+        *cache.lock().expect("tool cache lock") = Some(Arc::new(names));
+    }
+    Ok(listed)
+}
+
+/// The JSON-RPC response in a reply (for the gateway's own requests).
+async fn response_of(reply: Reply) -> Option<Bytes> {
+    use futures_util::StreamExt;
+    match reply {
+        Reply::Json { body, .. } => Some(body),
+        Reply::Stream(mut events) => {
+            while let Some(e) = events.next().await {
+                if Envelope::parse(&e.data).is_ok_and(|env| env.kind() == Ok(Kind::Response)) {
+                    return Some(e.data);
+                }
+            }
+            None
+        }
+        Reply::Accepted | Reply::Status { .. } => None,
+    }
 }
 
 /// Step 6: forward, opening the upstream session first when the message is `initialize`.
+#[allow(clippy::too_many_arguments)]
 pub async fn forward(
     gw: &Gateway,
     server: &str,
@@ -270,8 +497,26 @@ pub async fn forward(
     body: &Bytes,
     msg: &Message<'_>,
     binding: Binding,
+    verdict: Verdict,
 ) -> Result<Answer, Refused> {
     let accepts_sse = accepts_sse(headers);
+    let (list_filter, must_be_listed) = match verdict {
+        Verdict::Answer(body) => {
+            return Ok(Answer {
+                reply: Reply::Json {
+                    status: StatusCode::OK,
+                    body,
+                },
+                new_session: None,
+                accepts_sse,
+                list_filter: None,
+            });
+        }
+        Verdict::Forward {
+            list_filter,
+            must_be_listed,
+        } => (list_filter, must_be_listed),
+    };
     let out = Outbound {
         body,
         kind: msg.kind,
@@ -296,14 +541,26 @@ pub async fn forward(
             reply,
             new_session,
             accepts_sse,
+            list_filter: list_filter.clone(),
         })
     };
+    if let Some(tool) = &must_be_listed {
+        if !matches!(binding, Binding::New)
+            && !upstream_lists(gw, upstream, &grant, &binding, &out, tool).await?
+        {
+            let body = answers::unknown_tool(msg.id.unwrap_or("null"), tool);
+            return answer(
+                Reply::Json {
+                    status: StatusCode::OK,
+                    body,
+                },
+                None,
+            );
+        }
+    }
     match binding {
-        Binding::Session(session) => {
-            let reply = match &session.upstream {
-                UpstreamSession::Stdio(s) => s.send(&out).await,
-                UpstreamSession::Http(h) => h.send(&out).await,
-            };
+        Binding::Session(ref session) => {
+            let reply = send_on(gw, upstream, &grant, &binding, &out).await?;
             // The upstream forgot the session (it restarted): forget it too, so the agent's
             // next request gets 404 and it re-initializes.
             if matches!(&reply, Reply::Status { status, .. } if *status == StatusCode::NOT_FOUND)
@@ -345,38 +602,7 @@ pub async fn forward(
                 answer(reply, new)
             }
         },
-        Binding::Stateless => match upstream {
-            Upstream::Http(server) => answer(server.post(None, &out).await.0, None),
-            Upstream::Stdio(server) => {
-                let stateless = out
-                    .protocol_version
-                    .is_some_and(|v| v.as_bytes() == STATELESS_VERSION.as_bytes());
-                if !stateless {
-                    return Err(Refused::new(
-                        StatusCode::BAD_REQUEST,
-                        jsonrpc::INVALID_REQUEST,
-                        "Bad Request: Mcp-Session-Id header is required",
-                    )
-                    .with_id(msg.id));
-                }
-                let child = match gw.stateless_stdio.entry(grant.id.clone()) {
-                    dashmap::Entry::Occupied(e) => e.get().clone(),
-                    dashmap::Entry::Vacant(v) => match StdioSession::stateless(server.clone()) {
-                        Ok(s) => v.insert(Arc::new(s)).clone(),
-                        Err(e) => {
-                            tracing::error!(server = %server.name, "cannot start stdio server: {e}");
-                            return Err(Refused::new(
-                                StatusCode::BAD_GATEWAY,
-                                jsonrpc::INTERNAL_ERROR,
-                                "upstream server could not be started",
-                            )
-                            .with_id(msg.id));
-                        }
-                    },
-                };
-                answer(child.send(&out).await, None)
-            }
-        },
+        Binding::Stateless => answer(send_on(gw, upstream, &grant, &binding, &out).await?, None),
     }
 }
 

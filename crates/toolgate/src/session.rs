@@ -28,6 +28,8 @@ pub struct Session {
     last_seen_ms: AtomicU64,
     /// GET streams currently open; a session with one is not idle.
     open_streams: AtomicUsize,
+    /// Names of the tools the upstream listed, as last fetched by the gateway.
+    pub tool_names: std::sync::Mutex<Option<Arc<std::collections::HashSet<String>>>>,
     /// Cancelled when the session ends, so that its open streams end with it.
     pub ended: tokio_util::sync::CancellationToken,
 }
@@ -73,6 +75,7 @@ impl SessionTable {
             last_seen_ms: AtomicU64::new(self.now_ms()),
             open_streams: AtomicUsize::new(0),
             ended: tokio_util::sync::CancellationToken::new(),
+            tool_names: std::sync::Mutex::new(None),
         });
         self.sessions.insert(session.id.clone(), session.clone());
         session

@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
 
+use crate::answers;
 use crate::gateway::Gateway;
 use crate::jsonrpc;
 use crate::pipeline::{self, Refused};
@@ -80,12 +81,28 @@ pub async fn post(
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
-    if let Err(r) = pipeline::decide(&msg) {
-        return r.into_response();
-    }
-    match pipeline::forward(&gw, &server, &parts.headers, grant, &body, &msg, binding).await {
+    let verdict = match pipeline::decide(&grant, &msg) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    match pipeline::forward(
+        &gw,
+        &server,
+        &parts.headers,
+        grant,
+        &body,
+        &msg,
+        binding,
+        verdict,
+    )
+    .await
+    {
         Ok(answer) => {
-            let mut response = render(&gw, answer.reply, answer.accepts_sse).await;
+            let reply = match answer.list_filter {
+                Some(policy) => filter_reply(answer.reply, policy),
+                None => answer.reply,
+            };
+            let mut response = render(&gw, reply, answer.accepts_sse).await;
             if let Some(id) = answer.new_session
                 && let Ok(v) = HeaderValue::from_str(&id)
             {
@@ -230,6 +247,25 @@ async fn read_body(body: Body, headers: &http::HeaderMap, limit: usize) -> Resul
             jsonrpc::PARSE_ERROR,
             "Parse error: the body could not be read",
         )),
+    }
+}
+
+/// Takes hidden tools out of a `tools/list` answer, in whichever form it comes.
+fn filter_reply(reply: Reply, policy: Arc<crate::policies::Loaded>) -> Reply {
+    match reply {
+        Reply::Json { status, body } => Reply::Json {
+            status,
+            body: answers::filter_tools_list(&policy.policy, body),
+        },
+        Reply::Stream(events) => Reply::Stream(
+            events
+                .map(move |mut e| {
+                    e.data = answers::filter_tools_list(&policy.policy, e.data);
+                    e
+                })
+                .boxed(),
+        ),
+        other => other,
     }
 }
 
