@@ -24,7 +24,9 @@ pub const HEADER_MISMATCH: i64 = -32020;
 pub struct Envelope<'a> {
     #[serde(borrow)]
     pub jsonrpc: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    /// `"id": null` is kept as `Some("null")`, not read as absent: a request with a null id
+    /// must be refused, not mistaken for a notification.
+    #[serde(borrow, default, deserialize_with = "keep_null")]
     pub id: Option<&'a RawValue>,
     #[serde(borrow)]
     pub method: Option<Cow<'a, str>>,
@@ -34,6 +36,10 @@ pub struct Envelope<'a> {
     pub result: Option<&'a RawValue>,
     #[serde(borrow)]
     pub error: Option<&'a RawValue>,
+}
+
+fn keep_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// What a message is, by the JSON-RPC rules.
@@ -99,7 +105,9 @@ impl<'a> Envelope<'a> {
             self.result.is_some() || self.error.is_some(),
         ) {
             (Some(_), Some(_), false) => Ok(Kind::Request),
-            (Some(_), None, false) => Ok(Kind::Notification),
+            // Only `notifications/...` are notifications in MCP; anything else without an id
+            // (a `tools/call` with no id) would skip the decision step, so it is refused.
+            (Some(m), None, false) if m.starts_with("notifications/") => Ok(Kind::Notification),
             (None, Some(_), true) if !(self.result.is_some() && self.error.is_some()) => {
                 Ok(Kind::Response)
             }
@@ -230,6 +238,8 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1}"#,
             r#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"x","result":{}}"#,
+            r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x"}}"#,
+            r#"{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"x"}}"#,
         ] {
             assert_eq!(kind(bad).unwrap_err().code, INVALID_REQUEST, "{bad}");
         }
