@@ -105,6 +105,30 @@ pub fn filter_tools_list(policy: &Policy, message: Bytes) -> Bytes {
     }
 }
 
+/// Takes hidden tools out of a `tools/list` answer, in whichever form it comes.
+pub fn filter_reply(
+    reply: crate::upstream::Reply,
+    policy: std::sync::Arc<crate::policies::Loaded>,
+) -> crate::upstream::Reply {
+    use crate::upstream::Reply;
+    use futures_util::StreamExt;
+    match reply {
+        Reply::Json { status, body } => Reply::Json {
+            status,
+            body: filter_tools_list(&policy.policy, body),
+        },
+        Reply::Stream(events) => Reply::Stream(
+            events
+                .map(move |mut e| {
+                    e.data = filter_tools_list(&policy.policy, e.data);
+                    e
+                })
+                .boxed(),
+        ),
+        other => other,
+    }
+}
+
 /// One page of a `tools/list` response: the tool names and the next cursor (raw JSON).
 pub fn list_page(message: &[u8]) -> Result<(Vec<String>, Option<String>), String> {
     #[derive(Deserialize)]

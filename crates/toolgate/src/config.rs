@@ -62,6 +62,8 @@ pub enum TransportConfig {
         /// Only these variables (plus a minimal PATH/HOME/LANG set) reach the child.
         env: BTreeMap<String, String>,
         cwd: Option<PathBuf>,
+        /// Set only by `toolgate run` (never from a file): see `StdioServer::local`.
+        local: bool,
     },
     Http {
         url: reqwest::Url,
@@ -373,6 +375,7 @@ fn server_config(
                 args,
                 env: child_env,
                 cwd,
+                local: false,
             }
         }
         (None, Some(url)) => {

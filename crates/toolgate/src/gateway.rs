@@ -56,6 +56,7 @@ impl Gateway {
                         args,
                         env,
                         cwd,
+                        local,
                     } => Upstream::Stdio(Arc::new(StdioServer {
                         name,
                         command: command.clone(),
@@ -63,6 +64,7 @@ impl Gateway {
                         env: env.clone(),
                         cwd: cwd.clone(),
                         request_timeout: config.request_timeout,
+                        local: *local,
                     })),
                     TransportConfig::Http { url, headers } => {
                         Upstream::Http(Arc::new(HttpServer::new(name, url.clone(), headers)))

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use toolgate::config::{Config, ProcessEnv};
+use toolgate::config::{Config, Credential, ProcessEnv};
+use toolgate::downstream::stdio::{LocalOptions, LocalUpstream};
 use toolgate::gateway::Gateway;
 
 #[derive(Parser)]
@@ -50,6 +51,44 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Policy documents.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Local mode: a stdio MCP server for a local client, with the policy in front of the
+    /// server it wraps (`-- COMMAND ARGS...`) or of a remote one (`--upstream URL`).
+    Run {
+        /// The policy to enforce.
+        #[arg(long)]
+        policy: PathBuf,
+        /// State directory (counters, approvals, audit: later versions).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// A Streamable HTTP server to front instead of a command.
+        #[arg(long, conflicts_with = "command")]
+        upstream: Option<String>,
+        /// A header for the upstream, `"Name: value"` (repeatable).
+        #[arg(long = "header", requires = "upstream")]
+        headers: Vec<String>,
+        /// The stdio server to start, after `--`.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy: every error with its JSON pointer (exit 1 on errors), then warnings.
+    Check {
+        file: PathBuf,
+        /// Also compare with the tools this configured server lists.
+        #[arg(long)]
+        server: Option<String>,
+        /// The config file that declares `--server`.
+        #[arg(long, short, env = "TOOLGATE_CONFIG", default_value = "toolgate.toml")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,19 +105,13 @@ fn main() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("toolgate: {e}");
-                ExitCode::from(2)
-            }
+            Err(e) => fail(e, 2),
         },
         Command::Serve { config, listen } => {
             let mut cfg = match &config {
                 Some(path) => match Config::load(path, &ProcessEnv) {
                     Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("toolgate: {e}");
-                        return ExitCode::from(2);
-                    }
+                    Err(e) => return fail(e, 2),
                 },
                 None => Config::embedded_defaults(),
             };
@@ -88,27 +121,143 @@ fn main() -> ExitCode {
                     && cfg
                         .grants
                         .iter()
-                        .any(|g| matches!(g.credential, toolgate::config::Credential::Anonymous))
+                        .any(|g| matches!(g.credential, Credential::Anonymous))
                 {
-                    eprintln!(
-                        "toolgate: --listen {addr}: anonymous grants are refused unless the gateway listens on loopback only"
+                    return fail(
+                        format!(
+                            "--listen {addr}: anonymous grants are refused unless the gateway listens on loopback only"
+                        ),
+                        2,
                     );
-                    return ExitCode::from(2);
                 }
             }
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime starts");
-            match runtime.block_on(serve(cfg)) {
+            match runtime().block_on(serve(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("toolgate: {e}");
-                    ExitCode::FAILURE
+                Err(e) => fail(e, 1),
+            }
+        }
+        Command::Policy {
+            command:
+                PolicyCommand::Check {
+                    file,
+                    server,
+                    config,
+                },
+        } => policy_check(&file, server.as_deref(), &config),
+        Command::Run {
+            policy,
+            state,
+            upstream,
+            headers,
+            command,
+        } => {
+            let upstream = match (upstream, command.split_first()) {
+                (Some(url), _) => {
+                    let url = match reqwest::Url::parse(&url) {
+                        Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+                        _ => return fail(format!("--upstream {url:?} is not an http(s) URL"), 2),
+                    };
+                    let mut parsed = Vec::new();
+                    for h in &headers {
+                        match parse_header(h) {
+                            Some(kv) => parsed.push(kv),
+                            None => {
+                                return fail(format!("--header {h:?} is not \"Name: value\""), 2);
+                            }
+                        }
+                    }
+                    LocalUpstream::Url {
+                        url,
+                        headers: parsed,
+                    }
                 }
+                (None, Some((cmd, args))) => LocalUpstream::Command {
+                    command: cmd.clone(),
+                    args: args.to_vec(),
+                },
+                (None, None) => {
+                    return fail("give the server to run after `--`, or --upstream URL", 2);
+                }
+            };
+            let opts = LocalOptions {
+                policy,
+                state_dir: state,
+                upstream,
+            };
+            match runtime().block_on(toolgate::downstream::stdio::run(opts)) {
+                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+                Err(e) => fail(e, 1),
             }
         }
     }
+}
+
+fn fail(e: impl std::fmt::Display, code: u8) -> ExitCode {
+    eprintln!("toolgate: {e}");
+    ExitCode::from(code)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts")
+}
+
+fn parse_header(h: &str) -> Option<(http::HeaderName, http::HeaderValue)> {
+    let (k, v) = h.split_once(':')?;
+    let name = http::HeaderName::from_bytes(k.trim().as_bytes()).ok()?;
+    let mut value = http::HeaderValue::from_str(v.trim()).ok()?;
+    value.set_sensitive(true);
+    Some((name, value))
+}
+
+fn policy_check(
+    file: &std::path::Path,
+    server: Option<&str>,
+    config: &std::path::Path,
+) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("{}: cannot read: {e}", file.display()), 2),
+    };
+    let policy = match toolgate_policy::Policy::parse(&text) {
+        Ok(p) => p,
+        Err(problems) => {
+            for p in &problems {
+                println!("error: {p}");
+            }
+            println!("{}: {} error(s)", file.display(), problems.len());
+            return ExitCode::from(1);
+        }
+    };
+    let mut warnings = policy.warnings();
+    if let Some(name) = server {
+        let cfg = match Config::load(config, &ProcessEnv) {
+            Ok(c) => c,
+            Err(e) => return fail(e, 2),
+        };
+        if !cfg.servers.iter().any(|s| s.name == name) {
+            return fail(format!("{}: no server named {name:?}", config.display()), 2);
+        }
+        let names = runtime().block_on(async {
+            let gw = Gateway::new(cfg).map_err(|e| e.to_string())?;
+            let upstream = gw.servers.get(name).expect("checked above");
+            toolgate::upstream::probe::list_tool_names(upstream).await
+        });
+        match names {
+            Ok(names) => {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                warnings.extend(policy.coverage(&names));
+            }
+            Err(e) => return fail(format!("cannot list the tools of server {name:?}: {e}"), 2),
+        }
+    }
+    for w in &warnings {
+        println!("warning: {w}");
+    }
+    println!("{}: valid ({} warning(s))", file.display(), warnings.len());
+    ExitCode::SUCCESS
 }
 
 async fn serve(cfg: Config) -> Result<(), String> {
@@ -117,7 +266,7 @@ async fn serve(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     for g in &cfg.grants {
-        if matches!(g.credential, toolgate::config::Credential::Anonymous) {
+        if matches!(g.credential, Credential::Anonymous) {
             tracing::warn!(grant = %g.name, server = %g.server, "ANONYMOUS GRANT: requests without a token to /mcp/{} are accepted as {:?} (loopback only)", g.server, g.name);
         }
     }

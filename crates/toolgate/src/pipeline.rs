@@ -440,14 +440,16 @@ async fn upstream_lists(
             mcp_name: None,
         };
         let reply = send_on(gw, upstream, grant, binding, &out).await?;
-        let message = response_of(reply).await.ok_or_else(|| {
-            Refused::new(
-                StatusCode::OK,
-                jsonrpc::INTERNAL_ERROR,
-                "upstream tools/list failed",
-            )
-            .with_id(like.id)
-        })?;
+        let message = crate::upstream::probe::response_of(reply)
+            .await
+            .map_err(|_| {
+                Refused::new(
+                    StatusCode::OK,
+                    jsonrpc::INTERNAL_ERROR,
+                    "upstream tools/list failed",
+                )
+                .with_id(like.id)
+            })?;
         let (page_names, next) = answers::list_page(&message).map_err(|why| {
             tracing::warn!("upstream tools/list could not be read: {why}");
             Refused::new(
@@ -468,23 +470,6 @@ async fn upstream_lists(
         *cache.lock().expect("tool cache lock") = Some(Arc::new(names));
     }
     Ok(listed)
-}
-
-/// The JSON-RPC response in a reply (for the gateway's own requests).
-async fn response_of(reply: Reply) -> Option<Bytes> {
-    use futures_util::StreamExt;
-    match reply {
-        Reply::Json { body, .. } => Some(body),
-        Reply::Stream(mut events) => {
-            while let Some(e) = events.next().await {
-                if Envelope::parse(&e.data).is_ok_and(|env| env.kind() == Ok(Kind::Response)) {
-                    return Some(e.data);
-                }
-            }
-            None
-        }
-        Reply::Accepted | Reply::Status { .. } => None,
-    }
 }
 
 /// Step 6: forward, opening the upstream session first when the message is `initialize`.

@@ -99,7 +99,7 @@ pub async fn post(
     {
         Ok(answer) => {
             let reply = match answer.list_filter {
-                Some(policy) => filter_reply(answer.reply, policy),
+                Some(policy) => answers::filter_reply(answer.reply, policy),
                 None => answer.reply,
             };
             let mut response = render(&gw, reply, answer.accepts_sse).await;
@@ -247,25 +247,6 @@ async fn read_body(body: Body, headers: &http::HeaderMap, limit: usize) -> Resul
             jsonrpc::PARSE_ERROR,
             "Parse error: the body could not be read",
         )),
-    }
-}
-
-/// Takes hidden tools out of a `tools/list` answer, in whichever form it comes.
-fn filter_reply(reply: Reply, policy: Arc<crate::policies::Loaded>) -> Reply {
-    match reply {
-        Reply::Json { status, body } => Reply::Json {
-            status,
-            body: answers::filter_tools_list(&policy.policy, body),
-        },
-        Reply::Stream(events) => Reply::Stream(
-            events
-                .map(move |mut e| {
-                    e.data = answers::filter_tools_list(&policy.policy, e.data);
-                    e
-                })
-                .boxed(),
-        ),
-        other => other,
     }
 }
 

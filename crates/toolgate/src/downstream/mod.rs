@@ -2,6 +2,8 @@
 //!
 //! - `http`: the Streamable HTTP endpoint `/mcp/{server}` (POST, GET stream, DELETE).
 //! - `rebinding`: the Host/Origin check that keeps browser pages off a loopback gateway.
+//! - `stdio`: local mode (`toolgate run`), a stdio MCP server for a local client.
 
 pub mod http;
 pub mod rebinding;
+pub mod stdio;

@@ -2,12 +2,14 @@
 //!
 //! - `stdio`: a child process speaking newline-delimited JSON-RPC.
 //! - `http`: a Streamable HTTP server reached with reqwest.
+//! - `probe`: one-off sessions of the gateway's own (listing a server's tools).
 //!
 //! Both answer the gateway with the same [`Reply`], so the downstream transport renders
 //! replies without knowing where they came from. The two kinds are an enum rather than a trait
 //! object: there are exactly two, and the request path then needs no boxing to reach them.
 
 pub mod http;
+pub mod probe;
 pub mod stdio;
 
 use bytes::Bytes;

@@ -49,6 +49,9 @@ pub struct StdioServer {
     pub env: BTreeMap<String, String>,
     pub cwd: Option<std::path::PathBuf>,
     pub request_timeout: Duration,
+    /// Local mode (`toolgate run`): the child is the user's own server, started in place of
+    /// it, so it gets the whole environment, and its exit ends the gateway instead of a restart.
+    pub local: bool,
 }
 
 /// An item on its way to one waiting request.
@@ -82,6 +85,9 @@ struct Routes {
 /// A running child process.
 pub struct Child {
     server: Arc<str>,
+    pid: i32,
+    /// The exit code once the process has ended (128 + signal when killed by one).
+    exited: tokio::sync::watch::Sender<Option<i32>>,
     request_timeout: Duration,
     stdin: mpsc::Sender<Bytes>,
     routes: Mutex<Routes>,
@@ -106,9 +112,13 @@ impl StdioServer {
             .kill_on_drop(true)
             // Its own process group, so that ending it also ends what it started (npx → node).
             .process_group(0);
-        for key in INHERITED_ENV {
-            if let Ok(v) = std::env::var(key) {
-                cmd.env(key, v);
+        if self.local {
+            cmd.envs(std::env::vars_os());
+        } else {
+            for key in INHERITED_ENV {
+                if let Ok(v) = std::env::var(key) {
+                    cmd.env(key, v);
+                }
             }
         }
         cmd.envs(&self.env);
@@ -131,6 +141,8 @@ impl StdioServer {
         let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(256);
         let child = Arc::new(Child {
             server: self.name.clone(),
+            pid,
+            exited: tokio::sync::watch::Sender::new(None),
             request_timeout: self.request_timeout,
             stdin: stdin_tx,
             routes: Mutex::new(Routes {
@@ -239,6 +251,11 @@ async fn wait_loop(
     // Whatever the server started in its group goes with it.
     signal_group(pid, libc::SIGTERM);
     child.alive.store(false, Ordering::Release);
+    let code = status.as_ref().ok().map(|s| {
+        use std::os::unix::process::ExitStatusExt;
+        s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+    });
+    child.exited.send_replace(Some(code.unwrap_or(1)));
     match status {
         Ok(s) => tracing::info!(server = %child.server, pid, "stdio server exited: {s}"),
         Err(e) => tracing::warn!(server = %child.server, pid, "waiting for stdio server: {e}"),
@@ -654,6 +671,9 @@ impl StdioSession {
         if slot.handle.child.is_alive() {
             return Ok(slot.handle.child.clone());
         }
+        if self.server.local {
+            return Err("upstream server exited".into());
+        }
         let since = slot.last_start.elapsed();
         if since < RESTART_BACKOFF {
             tokio::time::sleep(RESTART_BACKOFF - since).await;
@@ -709,6 +729,16 @@ impl StdioSession {
             }
             Kind::Response => child.notify(out).await,
         }
+    }
+
+    /// Watches the current child's exit code.
+    pub async fn exit_watch(&self) -> tokio::sync::watch::Receiver<Option<i32>> {
+        self.child.lock().await.handle.child.exited.subscribe()
+    }
+
+    /// Passes a signal to the current child's process group.
+    pub async fn signal(&self, signal: i32) {
+        signal_group(self.child.lock().await.handle.child.pid, signal);
     }
 
     pub async fn open_stream(&self) -> Result<mpsc::Receiver<Event>, String> {
