@@ -417,13 +417,17 @@ async fn upstream_lists(
     }
     let mut names = std::collections::HashSet::new();
     let mut cursor: Option<String> = None;
-    for page in 0..100u32 {
+    for _page in 0..100u32 {
         let params = match &cursor {
             Some(c) => format!(r#"{{"cursor":{c}}}"#),
             None => "{}".to_string(),
         };
+        // Ids of the gateway's own requests are unique process-wide, so that two listings in
+        // flight on one upstream session never share one.
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let body = Bytes::from(format!(
-            r#"{{"jsonrpc":"2.0","id":"toolgate-tools-{page}","method":"tools/list","params":{params}}}"#
+            r#"{{"jsonrpc":"2.0","id":"toolgate-tools-{n}","method":"tools/list","params":{params}}}"#
         ));
         let method_header = like
             .mcp_method
