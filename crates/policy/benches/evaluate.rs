@@ -31,7 +31,10 @@ pub fn sixty_tool_policy() -> Value {
             );
         }
         if i % 5 == 0 {
-            spec.insert("limits".into(), json!([{"counter": "writes", "window": "minute", "max": 30, "scope": "grant"}]));
+            spec.insert(
+                "limits".into(),
+                json!([{"counter": "writes", "window": "minute", "max": 30, "scope": "grant"}]),
+            );
         }
         tools.insert(format!("tool_{i:02}"), Value::Object(spec));
     }
@@ -52,23 +55,32 @@ fn bench(c: &mut Criterion) {
     let text = doc.to_string();
     let policy = Policy::from_value(&doc).unwrap();
     let args = parse_strict(ARGS).unwrap();
-    assert!(matches!(policy.evaluate("tool_30", &args), Decision::Allow { .. }));
+    assert!(matches!(
+        policy.evaluate("tool_30", &args),
+        Decision::Allow { .. }
+    ));
 
     c.bench_function("evaluate/60-tools/allow-with-conditions", |b| {
         b.iter(|| black_box(policy.evaluate(black_box("tool_30"), black_box(&args))))
     });
-    let denied = parse_strict(r#"{"project_id":"p1","limit":100,"env":"dev","query":"DROP TABLE x"}"#).unwrap();
+    let denied =
+        parse_strict(r#"{"project_id":"p1","limit":100,"env":"dev","query":"DROP TABLE x"}"#)
+            .unwrap();
     c.bench_function("evaluate/60-tools/deny-by-regex", |b| {
         b.iter(|| black_box(policy.evaluate(black_box("tool_30"), black_box(&denied))))
     });
     c.bench_function("evaluate/60-tools/default-deny", |b| {
         b.iter(|| black_box(policy.evaluate(black_box("not_listed"), black_box(&args))))
     });
-    c.bench_function("parse-arguments/strict", |b| b.iter(|| black_box(parse_strict(black_box(ARGS)).unwrap())));
+    c.bench_function("parse-arguments/strict", |b| {
+        b.iter(|| black_box(parse_strict(black_box(ARGS)).unwrap()))
+    });
     c.bench_function("parse-arguments/serde_json-baseline", |b| {
         b.iter(|| black_box(serde_json::from_str::<Value>(black_box(ARGS)).unwrap()))
     });
-    c.bench_function("compile/60-tools", |b| b.iter(|| black_box(Policy::parse(black_box(&text)).unwrap())));
+    c.bench_function("compile/60-tools", |b| {
+        b.iter(|| black_box(Policy::parse(black_box(&text)).unwrap()))
+    });
 }
 
 criterion_group!(benches, bench);

@@ -311,7 +311,10 @@ impl Config {
                 name,
                 server: grant.server,
                 credential,
-                policy: grant.policy.map(|p| resolve(base, &p)),
+                policy: match grant.policy {
+                    Some(p) => Some(checked_policy(&format!("{key}.policy"), resolve(base, &p))?),
+                    None => None,
+                },
             });
         }
         Ok(cfg)
@@ -416,8 +419,30 @@ fn server_config(
     Ok(ServerConfig {
         name: name.to_string(),
         transport,
-        policy: server.policy.map(|p| resolve(base, &p)),
+        policy: match server.policy {
+            Some(p) => Some(checked_policy(&format!("{key}.policy"), resolve(base, &p))?),
+            None => None,
+        },
     })
+}
+
+/// A policy file named by the config must exist and be valid when the gateway starts: a
+/// gateway that started without it would deny every call its grants make.
+fn checked_policy(key: &str, path: PathBuf) -> Result<PathBuf, ConfigError> {
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| err(key, format!("{}: cannot read: {e}", path.display())))?;
+    toolgate_policy::Policy::parse(&text).map_err(|problems| {
+        let all: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        err(
+            key,
+            format!(
+                "{} is not a valid policy: {}",
+                path.display(),
+                all.join("; ")
+            ),
+        )
+    })?;
+    Ok(path)
 }
 
 /// Names appear in URLs (`/mcp/{server}`) and logs: keep them to a safe alphabet.
@@ -497,13 +522,31 @@ mod tests {
     }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
+        parse_in(text, Path::new("/etc/toolgate"))
+    }
+
+    /// The issue's example names two policy files: give it a folder where they exist.
+    fn with_policies() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        for f in ["remote.json", "everything.json"] {
+            std::fs::write(
+                dir.path().join("policies").join(f),
+                r#"{"version":"1","default":"deny"}"#,
+            )
+            .unwrap();
+        }
+        dir
+    }
+
+    fn parse_in(text: &str, base: &Path) -> Result<Config, ConfigError> {
         let env = MapEnv(vec![
             ("CI_AGENT_TOKEN", "tg_secret_ci_agent_token_value_123456"),
             ("OTHER_TOKEN", "tg_other_token_value_abcdefghijklmn"),
             ("UPSTREAM_TOKEN", "upstream-credential"),
             ("SOME_KEY", "some-value"),
         ]);
-        Config::parse(text, Path::new("/etc/toolgate"), &env)
+        Config::parse(text, base, &env)
     }
 
     const FULL: &str = r#"
@@ -528,9 +571,10 @@ policy = "policies/everything.json"
 
     #[test]
     fn the_issue_example_loads() {
-        let cfg = parse(FULL).unwrap();
+        let dir = with_policies();
+        let cfg = parse_in(FULL, dir.path()).unwrap();
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(cfg.state_dir, PathBuf::from("/etc/toolgate/.toolgate"));
+        assert_eq!(cfg.state_dir, dir.path().join(".toolgate"));
         assert_eq!(cfg.servers.len(), 2);
         let everything = cfg.servers.iter().find(|s| s.name == "everything").unwrap();
         match &everything.transport {
@@ -553,7 +597,7 @@ policy = "policies/everything.json"
         }
         assert_eq!(
             remote.policy.as_deref(),
-            Some(Path::new("/etc/toolgate/policies/remote.json"))
+            Some(dir.path().join("policies/remote.json").as_path())
         );
         assert_eq!(cfg.grants.len(), 1);
         assert!(matches!(cfg.grants[0].credential, Credential::Token { .. }));
@@ -661,6 +705,43 @@ policy = "policies/everything.json"
     }
 
     #[test]
+    fn policy_files_must_exist_and_be_valid() {
+        let dir = with_policies();
+        std::fs::write(
+            dir.path().join("bad.json"),
+            r#"{"version":"1","default":"maybe"}"#,
+        )
+        .unwrap();
+        let e = parse_in(
+            "[servers.a]\ncommand = \"x\"\npolicy = \"missing.json\"\n",
+            dir.path(),
+        )
+        .unwrap_err()
+        .0;
+        assert!(
+            e.starts_with("servers.a.policy: ") && e.contains("missing.json"),
+            "{e}"
+        );
+        let e = parse_in(
+            "[servers.a]\ncommand = \"x\"\npolicy = \"bad.json\"\n",
+            dir.path(),
+        )
+        .unwrap_err()
+        .0;
+        assert!(
+            e.starts_with("servers.a.policy: ") && e.contains("/default"),
+            "{e}"
+        );
+        let e = parse_in(
+            "[servers.a]\ncommand = \"x\"\n[grants.g]\nserver = \"a\"\nanonymous = true\npolicy = \"bad.json\"\n",
+            dir.path(),
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.starts_with("grants.g.policy: "), "{e}");
+    }
+
+    #[test]
     fn expansion() {
         let env = MapEnv(vec![("A", "1")]);
         assert_eq!(expand("x${A}y$$z$", "k", &env).unwrap(), "x1y$z$");
@@ -670,7 +751,8 @@ policy = "policies/everything.json"
 
     #[test]
     fn credentials_debug_hides_tokens() {
-        let cfg = parse(FULL).unwrap();
+        let dir = with_policies();
+        let cfg = parse_in(FULL, dir.path()).unwrap();
         let dbg = format!("{:?}", cfg);
         assert!(!dbg.contains("tg_secret_ci_agent_token_value_123456"));
         assert!(!dbg.contains("upstream-credential"));

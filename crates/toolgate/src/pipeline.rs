@@ -405,15 +405,14 @@ async fn upstream_lists(
         Binding::Session(s) => Some(&s.tool_names),
         _ => None,
     };
-    if let Some(cache) = cache {
-        if cache
+    if let Some(cache) = cache
+        && cache
             .lock()
             .expect("tool cache lock")
             .as_ref()
             .is_some_and(|names| names.contains(tool))
-        {
-            return Ok(true);
-        }
+    {
+        return Ok(true);
     }
     let mut names = std::collections::HashSet::new();
     let mut cursor: Option<String> = None;
@@ -533,19 +532,18 @@ pub async fn forward(
             list_filter: list_filter.clone(),
         })
     };
-    if let Some(tool) = &must_be_listed {
-        if !matches!(binding, Binding::New)
-            && !upstream_lists(gw, upstream, &grant, &binding, &out, tool).await?
-        {
-            let body = answers::unknown_tool(msg.id.unwrap_or("null"), tool);
-            return answer(
-                Reply::Json {
-                    status: StatusCode::OK,
-                    body,
-                },
-                None,
-            );
-        }
+    if let Some(tool) = &must_be_listed
+        && !matches!(binding, Binding::New)
+        && !upstream_lists(gw, upstream, &grant, &binding, &out, tool).await?
+    {
+        let body = answers::unknown_tool(msg.id.unwrap_or("null"), tool);
+        return answer(
+            Reply::Json {
+                status: StatusCode::OK,
+                body,
+            },
+            None,
+        );
     }
     match binding {
         Binding::Session(ref session) => {

@@ -101,6 +101,12 @@ impl HttpServer {
         };
         let upstream_session = response.headers().get(SESSION_HEADER).cloned();
         let reply = self.to_reply(response, out.kind).await;
+        let reply = match (reply, out.kind, out.id) {
+            (Reply::Stream(events), Kind::Request, Some(id)) => {
+                Reply::Stream(ensure_response(events, id))
+            }
+            (other, ..) => other,
+        };
         (reply, upstream_session)
     }
 
@@ -201,6 +207,39 @@ impl HttpServer {
             }
         }
     }
+}
+
+/// A request's event stream that always ends with its response: when the upstream's stream
+/// breaks first (the server died), a JSON-RPC error with the agent's id is added, so the agent
+/// gets an answer instead of waiting for one that will never come.
+fn ensure_response(
+    events: futures_util::stream::BoxStream<'static, Event>,
+    id: &str,
+) -> futures_util::stream::BoxStream<'static, Event> {
+    let id: Arc<str> = id.into();
+    let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = answered.clone();
+    let want = id.clone();
+    let relayed = events.inspect(move |e| {
+        if !e.data.is_empty()
+            && let Ok(env) = crate::jsonrpc::Envelope::parse(&e.data)
+            && env.kind() == Ok(Kind::Response)
+            && env.id.is_some_and(|i| i.get() == &*want)
+        {
+            seen.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let closing = futures_util::stream::once(async move {
+        (!answered.load(std::sync::atomic::Ordering::Relaxed)).then(|| {
+            Event::message(jsonrpc::error_response(
+                Some(&id),
+                jsonrpc::INTERNAL_ERROR,
+                "upstream server closed the stream before answering",
+            ))
+        })
+    })
+    .filter_map(std::future::ready);
+    relayed.chain(closing).boxed()
 }
 
 async fn read_limited(mut response: reqwest::Response) -> Result<Bytes, String> {

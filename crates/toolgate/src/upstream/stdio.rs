@@ -89,7 +89,9 @@ pub struct Child {
     /// The exit code once the process has ended (128 + signal when killed by one).
     exited: tokio::sync::watch::Sender<Option<i32>>,
     request_timeout: Duration,
-    stdin: mpsc::Sender<Bytes>,
+    /// Taken (closed) when the session ends: closing stdin is how an MCP stdio server is
+    /// asked to exit, before any signal.
+    stdin: Mutex<Option<mpsc::Sender<Bytes>>>,
     routes: Mutex<Routes>,
     alive: AtomicBool,
 }
@@ -144,7 +146,7 @@ impl StdioServer {
             pid,
             exited: tokio::sync::watch::Sender::new(None),
             request_timeout: self.request_timeout,
-            stdin: stdin_tx,
+            stdin: Mutex::new(Some(stdin_tx)),
             routes: Mutex::new(Routes {
                 next_id: 1,
                 ..Routes::default()
@@ -393,7 +395,8 @@ impl Child {
     }
 
     async fn write(&self, msg: Bytes) -> Result<(), ()> {
-        self.stdin.send(one_line(msg)).await.map_err(|_| ())
+        let stdin = self.stdin.lock().expect("stdin lock").clone().ok_or(())?;
+        stdin.send(one_line(msg)).await.map_err(|_| ())
     }
 
     /// Sends a request and returns its reply: JSON when the response came first, else a
@@ -559,6 +562,14 @@ impl Child {
         match reply {
             Reply::Json { body, .. } => Ok(body),
             _ => Err("unexpected answer to the replayed initialize".into()),
+        }
+    }
+}
+
+impl Drop for ChildHandle {
+    fn drop(&mut self) {
+        if let Ok(mut stdin) = self.child.stdin.lock() {
+            stdin.take();
         }
     }
 }

@@ -1,0 +1,156 @@
+//! Peers started by tests: server-everything and the recorder over HTTP, and the SDK client
+//! drivers run to completion.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+use serde_json::Value;
+
+use super::process::{Spawned, free_port, poll_until};
+use super::{
+    DRIVER_DEADLINE, START_DEADLINE, everything_js, node_bin, python, python_with_sdk, recorder_py,
+    repo_root, ts_client_mjs,
+};
+
+/// server-everything over Streamable HTTP on a free port.
+pub struct EverythingHttp {
+    pub process: Spawned,
+    pub port: u16,
+}
+
+impl EverythingHttp {
+    pub fn start() -> EverythingHttp {
+        let (node, js) = (node_bin(), everything_js());
+        let mut last_log = String::new();
+        // The port is picked free and then handed over; if another process took it meanwhile
+        // the server exits, and another port is tried.
+        for _ in 0..3 {
+            let port = free_port();
+            let mut cmd = Command::new(&node);
+            cmd.arg(&js)
+                .arg("streamableHttp")
+                .env("PORT", port.to_string());
+            let mut process = Spawned::start("server-everything", cmd);
+            let up = poll_until(START_DEADLINE, || {
+                TcpStream::connect(("127.0.0.1", port)).is_ok() || process.try_status().is_some()
+            });
+            if up && process.try_status().is_none() {
+                return EverythingHttp { process, port };
+            }
+            last_log = format!("{}{}", process.stdout(), process.stderr());
+        }
+        panic!("server-everything (streamableHttp) did not start listening: {last_log}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/mcp", self.port)
+    }
+}
+
+/// The recorder over HTTP (`recorder.py --http`), on a port it picked itself.
+pub struct RecorderHttp {
+    pub process: Spawned,
+    pub port: u16,
+    pub record_file: PathBuf,
+}
+
+impl RecorderHttp {
+    pub fn start(record_file: &Path) -> RecorderHttp {
+        let mut cmd = Command::new(python());
+        cmd.arg(recorder_py())
+            .arg("--http")
+            .env("PORT", "0")
+            .env("RECORD_FILE", record_file);
+        let mut process = Spawned::start("recorder --http", cmd);
+        let mut port = None;
+        poll_until(START_DEADLINE, || {
+            port = process.stdout().lines().find_map(|l| {
+                l.strip_prefix("listening ")
+                    .and_then(|p| p.trim().parse().ok())
+            });
+            port.is_some() || process.try_status().is_some()
+        });
+        let port = port.unwrap_or_else(|| {
+            panic!(
+                "recorder --http did not start: {}{}",
+                process.stdout(),
+                process.stderr()
+            )
+        });
+        RecorderHttp {
+            process,
+            port,
+            record_file: record_file.to_path_buf(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/mcp", self.port)
+    }
+}
+
+/// One SDK driver run: its JSON output line, parsed.
+pub struct DriverRun {
+    pub out: Value,
+    pub stderr: String,
+    pub status: ExitStatus,
+}
+
+/// Runs a driver (`py_client.py` / `ts-client.mjs`) to completion within `DRIVER_DEADLINE`.
+pub fn run_driver(name: &str, cmd: Command) -> DriverRun {
+    let mut p = Spawned::start(name, cmd);
+    let Some(status) = p.wait_for(DRIVER_DEADLINE) else {
+        let (out, err) = (p.stdout(), p.stderr());
+        p.kill();
+        panic!("{name} did not finish within {DRIVER_DEADLINE:?}\nstdout:\n{out}\nstderr:\n{err}");
+    };
+    let stdout = p.stdout();
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} printed no JSON ({status})\nstdout:\n{stdout}\nstderr:\n{}",
+                p.stderr()
+            )
+        });
+    let out = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("{name} printed bad JSON ({e}): {line}"));
+    DriverRun {
+        out,
+        stderr: p.stderr(),
+        status,
+    }
+}
+
+/// `python3 fixtures/clients/py_client.py --url URL --token T --mode MODE --scenario S ...`
+pub fn py_client(url: &str, token: &str, mode: &str, scenario: &str, extra: &[&str]) -> DriverRun {
+    let py = python_with_sdk();
+    let mut cmd = Command::new(py);
+    cmd.arg(repo_root().join("fixtures/clients/py_client.py"))
+        .args([
+            "--url",
+            url,
+            "--token",
+            token,
+            "--mode",
+            mode,
+            "--scenario",
+            scenario,
+        ])
+        .args(extra);
+    run_driver(&format!("py_client ({mode})"), cmd)
+}
+
+/// `node fixtures/node/ts-client.mjs --url URL --token T --scenario S ...`
+pub fn ts_client(url: &str, token: &str, scenario: &str, extra: &[&str]) -> DriverRun {
+    let script = ts_client_mjs();
+    let mut cmd = Command::new(node_bin());
+    cmd.arg(script)
+        .args(["--url", url, "--token", token, "--scenario", scenario])
+        .args(extra)
+        .current_dir(repo_root().join("fixtures/node"));
+    run_driver("ts-client", cmd)
+}
