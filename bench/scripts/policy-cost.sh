@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# End-to-end cost of the policy step: the same tools/call load (hey) sent directly to a fast
+# upstream, through toolgate with a minimal policy ({"default":"allow"}), and through toolgate
+# with a realistic 60-tool policy whose echo rule has conditions (regex, in, numeric) - all in
+# one run on this machine, reported as ratios to the direct run.
+#   bash bench/scripts/policy-cost.sh [REQUESTS] [CONCURRENCY]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${1:-20000}
+C=${2:-16}
+command -v hey >/dev/null || { echo "needs hey (apt-get install hey)" >&2; exit 2; }
+cargo build --release -q -p toolgate -p toolgate-bench
+TMP=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+target/release/fast-upstream --port 0 >"$TMP/up.log" &
+pids+=($!)
+for _ in $(seq 50); do grep -q listening "$TMP/up.log" && break; sleep 0.1; done
+UP=$(grep -o 'http://[^ ]*' "$TMP/up.log")
+
+python3 - "$TMP/rich.json" <<'PY'
+import json, sys
+tools = {}
+for i in range(59):
+    spec = {}
+    if i % 2 == 0:
+        spec["deny_if"] = [{"conditions": [{"path": "args.limit", "op": "gt", "value": 500}]},
+                           {"conditions": [{"path": "args.env", "op": "in", "value": ["prod", "billing"]}]}]
+    tools[f"tool_{i:02}"] = spec
+tools["echo"] = {
+    "require": [{"conditions": [{"path": "args.message", "op": "exists", "value": True}]}],
+    "deny_if": [
+        {"conditions": [{"path": "args.message", "op": "regex", "value": "(?is).*\\b(drop|truncate|delete)\\b.*"}]},
+        {"conditions": [{"path": "args.message", "op": "contains", "value": "password"}]},
+        {"conditions": [{"path": "args.env", "op": "in", "value": ["prod", "billing"]}]},
+        {"conditions": [{"path": "args.limit", "op": "gt", "value": 500}]},
+    ],
+}
+json.dump({"version": "1", "default": "deny", "hide": ["delete_project"], "tools": tools}, open(sys.argv[1], "w"))
+PY
+echo '{"version":"1","default":"allow"}' >"$TMP/plain.json"
+cat >"$TMP/gw.toml" <<TOML
+listen = "127.0.0.1:0"
+state_dir = "$TMP/state"
+[servers.plain]
+url = "$UP"
+policy = "$TMP/plain.json"
+[servers.rich]
+url = "$UP"
+policy = "$TMP/rich.json"
+[grants.plain]
+server = "plain"
+anonymous = true
+[grants.rich]
+server = "rich"
+anonymous = true
+TOML
+TOOLGATE_LOG=warn,toolgate=info target/release/toolgate serve --config "$TMP/gw.toml" 2>"$TMP/gw.log" &
+pids+=($!)
+for _ in $(seq 50); do grep -q 'listening on' "$TMP/gw.log" && break; sleep 0.1; done
+GW=$(grep -o 'listening on http://[0-9.:]*' "$TMP/gw.log" | grep -o 'http://.*')
+
+init='{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}'
+session() { curl -s -D - -o /dev/null "$1" -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' -d "$init" | tr -d '\r' | awk -F': ' 'tolower($1)=="mcp-session-id"{print $2}'; }
+call='{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"message":"select name from users","env":"dev","limit":10}}}'
+
+run() { # name url session
+  hey -n "$N" -c "$C" -m POST -T application/json -H 'Accept: application/json, text/event-stream' \
+    -H "Mcp-Session-Id: $3" -H 'MCP-Protocol-Version: 2025-06-18' -d "$call" "$2" >"$TMP/$1.hey"
+  local rps p50 p99
+  rps=$(awk '/Requests\/sec/{print $2}' "$TMP/$1.hey")
+  p50=$(awk '/ 50% in/{print $3}' "$TMP/$1.hey")
+  p99=$(awk '/ 99% in/{print $3}' "$TMP/$1.hey")
+  echo "$1 $rps $p50 $p99"
+}
+s_plain=$(session "$GW/mcp/plain"); s_rich=$(session "$GW/mcp/rich")
+# The load must be allowed calls answered by the upstream, not denials.
+for target in "$GW/mcp/plain $s_plain" "$GW/mcp/rich $s_rich"; do
+  set -- $target
+  answer=$(curl -s "$1" -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' -H "Mcp-Session-Id: $2" -d "$call")
+  case $answer in *'"text":"echo '*) ;; *) echo "not an allowed call through $1: $answer" >&2; exit 1 ;; esac
+done
+# Warm-up (also lets the gateway fetch the upstream's tool list once per session).
+N=500 run warm "$GW/mcp/plain" "$s_plain" >/dev/null; N=500 run warm "$GW/mcp/rich" "$s_rich" >/dev/null
+{
+  run direct "$UP" fast-upstream-session
+  run gateway-minimal-policy "$GW/mcp/plain" "$s_plain"
+  run gateway-60-tool-policy "$GW/mcp/rich" "$s_rich"
+} >"$TMP/results"
+echo "| run ($N calls, $C concurrent) | req/s | p50 ms | p99 ms | throughput vs direct |"
+echo "|---|---|---|---|---|"
+direct=$(awk '$1=="direct"{print $2}' "$TMP/results")
+while read -r name rps p50 p99; do
+  ratio=$(awk -v a="$rps" -v b="$direct" 'BEGIN{printf "%.2f", a/b}')
+  p50ms=$(awk -v s="$p50" 'BEGIN{printf "%.3f", s*1000}')
+  p99ms=$(awk -v s="$p99" 'BEGIN{printf "%.3f", s*1000}')
+  echo "| $name | $rps | $p50ms | $p99ms | $ratio |"
+done <"$TMP/results"
