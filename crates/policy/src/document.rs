@@ -136,12 +136,13 @@ pub struct Rule {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limit {
-    pub counter: String,
+    /// Shared (`Arc`): the request path hands limits around on every call without copying.
+    pub counter: std::sync::Arc<str>,
     pub window: Window,
     pub max: u64,
     pub scope: Scope,
     /// `/tools/NAME/limits/COUNTER` (or `/all_tools/limits/COUNTER`): names the limit in denials.
-    pub rule: String,
+    pub rule: std::sync::Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -679,8 +680,8 @@ fn limit(w: &mut Walk, v: &Value, pointer: &str, limits_pointer: &str) -> Option
     }
     let counter = counter?;
     Some(Limit {
-        rule: format!("{limits_pointer}/{}", escape(&counter)),
-        counter,
+        rule: format!("{limits_pointer}/{}", escape(&counter)).into(),
+        counter: counter.into(),
         window: window?,
         max: max?,
         scope: scope?,

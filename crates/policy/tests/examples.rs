@@ -78,13 +78,13 @@ fn run_cases(cases_file: &str) -> usize {
             for _ in 0..times {
                 match limits
                     .iter()
-                    .find(|l| used.get(l.counter.as_str()).copied().unwrap_or(0) >= l.max)
+                    .find(|l| used.get(&*l.counter).copied().unwrap_or(0) >= l.max)
                 {
-                    Some(l) => last_refusal = Some(l.rule.clone()),
+                    Some(l) => last_refusal = Some(l.rule.to_string()),
                     None => {
                         allowed += 1;
                         for l in limits.iter() {
-                            *used.entry(l.counter.as_str()).or_default() += 1;
+                            *used.entry(&*l.counter).or_default() += 1;
                         }
                     }
                 }

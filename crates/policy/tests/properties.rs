@@ -265,7 +265,7 @@ fn all_tools_rules_come_first_and_limits_merge() {
         panic!()
     };
     assert_eq!(limits.len(), 1);
-    assert_eq!(limits[0].rule, "/all_tools/limits/calls");
+    assert_eq!(&*limits[0].rule, "/all_tools/limits/calls");
     assert!(approval.is_none());
     // An unlisted tool under default allow gets the all_tools rules too.
     let Decision::Allow { limits, .. } = p.evaluate("other", &json!({"ticket": 1})) else {

@@ -26,6 +26,21 @@ pub fn denial(id: &str, message: &str, rule: &str, policy_version: Option<u64>) 
     ))
 }
 
+/// A call over one of its limits: a denial naming the counter and when to retry (SPEC 3).
+pub fn limited(id: &str, l: &crate::counters::Limited, policy_version: u64) -> Bytes {
+    let result = serde_json::json!({
+        "isError": true,
+        "content": [{"type": "text", "text": format!("[POLICY DENIED] {}", crate::counters::limited_message(l))}],
+        "_meta": {"toolgate/decision": {
+            "outcome": "deny", "rule": &*l.rule, "policy_version": policy_version,
+            "counter": l.counter, "retry_after_s": l.retry_after_s,
+        }},
+    });
+    Bytes::from(format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"result":{result}}}"#
+    ))
+}
+
 /// The answer to a call of a hidden or never-listed tool: the same as for any unknown tool.
 pub fn unknown_tool(id: &str, name: &str) -> Bytes {
     jsonrpc::error_response(

@@ -44,6 +44,23 @@ pub struct Config {
     pub shutdown_grace: std::time::Duration,
     pub servers: Vec<ServerConfig>,
     pub grants: Vec<GrantConfig>,
+    pub counters: CountersConfig,
+}
+
+/// `[counters]`: where limits are counted (SPEC 5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountersConfig {
+    pub backend: CounterBackend,
+    /// When the store cannot be asked: deny (fail closed, the default) or allow.
+    pub on_error_allow: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CounterBackend {
+    /// In memory with a snapshot in the state directory (one gateway).
+    Embedded,
+    /// Redis/Valkey at this URL (several gateways share it).
+    Redis { url: String },
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +132,15 @@ struct RawConfig {
     servers: BTreeMap<String, RawServer>,
     #[serde(default)]
     grants: BTreeMap<String, RawGrant>,
+    counters: Option<RawCounters>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCounters {
+    backend: Option<String>,
+    url: Option<String>,
+    on_error: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -172,6 +198,10 @@ impl Config {
             shutdown_grace: std::time::Duration::from_secs(10),
             servers: Vec::new(),
             grants: Vec::new(),
+            counters: CountersConfig {
+                backend: CounterBackend::Embedded,
+                on_error_allow: false,
+            },
         }
     }
 
@@ -236,6 +266,9 @@ impl Config {
             cfg.shutdown_grace = std::time::Duration::from_secs(s);
         }
 
+        if let Some(c) = raw.counters {
+            cfg.counters = counters_config(c, env)?;
+        }
         for (name, server) in raw.servers {
             cfg.servers.push(server_config(&name, server, base, env)?);
         }
@@ -423,6 +456,48 @@ fn server_config(
             Some(p) => Some(checked_policy(&format!("{key}.policy"), resolve(base, &p))?),
             None => None,
         },
+    })
+}
+
+fn counters_config(c: RawCounters, env: &dyn Environment) -> Result<CountersConfig, ConfigError> {
+    let on_error_allow = match c.on_error.as_deref() {
+        None | Some("deny") => false,
+        Some("allow") => true,
+        Some(other) => {
+            return Err(err(
+                "counters.on_error",
+                format!("must be \"deny\" or \"allow\", not {other:?}"),
+            ));
+        }
+    };
+    let backend = match c.backend.as_deref() {
+        None | Some("embedded") => {
+            if c.url.is_some() {
+                return Err(err("counters.url", "only the redis backend takes a url"));
+            }
+            CounterBackend::Embedded
+        }
+        Some("redis") => {
+            let raw = c.url.unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+            let url = expand(&raw, "counters.url", env)?;
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("valkey://"))
+            {
+                return Err(err("counters.url", "must be a redis:// (or rediss://) URL"));
+            }
+            CounterBackend::Redis { url }
+        }
+        Some(other) => {
+            return Err(err(
+                "counters.backend",
+                format!("must be \"embedded\" or \"redis\", not {other:?}"),
+            ));
+        }
+    };
+    Ok(CountersConfig {
+        backend,
+        on_error_allow,
     })
 }
 
@@ -739,6 +814,29 @@ policy = "policies/everything.json"
         .unwrap_err()
         .0;
         assert!(e.starts_with("grants.g.policy: "), "{e}");
+    }
+
+    #[test]
+    fn counters_section() {
+        let cfg = parse("[counters]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6390\"\non_error = \"allow\"\n").unwrap();
+        assert_eq!(
+            cfg.counters.backend,
+            CounterBackend::Redis {
+                url: "redis://127.0.0.1:6390".into()
+            }
+        );
+        assert!(cfg.counters.on_error_allow);
+        assert_eq!(
+            parse("").unwrap().counters.backend,
+            CounterBackend::Embedded
+        );
+        assert!(error_of("[counters]\nbackend = \"memcached\"\n").starts_with("counters.backend:"));
+        assert!(error_of("[counters]\non_error = \"maybe\"\n").starts_with("counters.on_error:"));
+        assert!(
+            error_of("[counters]\nbackend = \"redis\"\nurl = \"http://x\"\n")
+                .starts_with("counters.url:")
+        );
+        assert!(error_of("[counters]\nurl = \"redis://x\"\n").starts_with("counters.url:"));
     }
 
     #[test]

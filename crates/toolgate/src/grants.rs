@@ -17,7 +17,7 @@ use crate::policies::{LoadError, PolicyFile, PolicySet};
 #[derive(Debug)]
 pub struct Grant {
     /// Stable id, used to bind sessions to their grant.
-    pub id: String,
+    pub id: Arc<str>,
     pub label: String,
     pub server: String,
     /// The grant's own policy, else its server's; None means every call is denied.
@@ -61,7 +61,7 @@ impl GrantTable {
                 None => None,
             };
             let grant = Arc::new(Grant {
-                id: format!("config:{}", g.name),
+                id: format!("config:{}", g.name).into(),
                 label: g.name.clone(),
                 server: g.server.clone(),
                 policy,

@@ -4,6 +4,7 @@
 //! # Layout
 //! - `answers`: what the gateway says itself: denials, unknown tools, filtered tool lists.
 //! - `config`: the TOML file, `${ENV}` expansion, its errors.
+//! - `counters`: limits counted per grant, session or server (embedded store or Redis).
 //! - `grants`: grant tokens and the door (401/403).
 //! - `jsonrpc`: envelope parsing (borrowed, duplicate keys refused), error shapes.
 //! - `pipeline`: the request path of SPEC 3, one named step per function.
@@ -18,6 +19,7 @@
 
 pub mod answers;
 pub mod config;
+pub mod counters;
 pub mod downstream;
 pub mod gateway;
 pub mod grants;

@@ -30,6 +30,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
 /// `shutdown_grace` to finish, streams end, and every upstream session is closed.
 pub async fn serve(gw: Arc<Gateway>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     let reaper = tokio::spawn(reap_idle_sessions(gw.clone()));
+    gw.start_background();
     let shutdown = gw.shutdown.clone();
     let grace = gw.config.shutdown_grace;
     let server = axum::serve(listener, router(gw.clone())).with_graceful_shutdown(async move {
@@ -52,6 +53,7 @@ pub async fn serve(gw: Arc<Gateway>, listener: tokio::net::TcpListener) -> std::
     futures_util::future::join_all(sessions.iter().map(|s| s.close())).await;
     drop(sessions);
     gw.stateless_stdio.clear();
+    gw.save_state();
     // Children get their stdin closed and a moment to exit before the runtime ends.
     tokio::time::sleep(Duration::from_millis(200)).await;
     tracing::info!(sessions = count, "stopped");

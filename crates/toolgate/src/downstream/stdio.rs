@@ -169,6 +169,8 @@ pub async fn run(opts: LocalOptions) -> Result<i32, String> {
         None => local.wait_exit(watch).await.unwrap_or(0),
     };
     drop(local);
+    gw.shutdown.cancel();
+    gw.save_state();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
     Ok(code)
 }

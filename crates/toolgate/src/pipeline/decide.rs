@@ -1,0 +1,126 @@
+//! Step 5, the decision (SPEC 3 and 4): what the policy says about one message.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::StatusCode;
+use toolgate_policy::{Decision, Limit};
+
+use super::{Message, Refused};
+use crate::answers;
+use crate::grants::Grant;
+use crate::jsonrpc::{self, Kind, NamedParams};
+use crate::policies::Loaded;
+
+/// The outcome of the decision step.
+pub enum Verdict {
+    /// Forward the message. For `tools/list`, the policy whose hidden tools leave the answer;
+    /// for an allowed `tools/call`, what must still hold before it goes upstream.
+    Forward {
+        list_filter: Option<Arc<Loaded>>,
+        call: Option<AllowedCall>,
+    },
+    /// Answer the agent at once (a denial, an unknown tool); nothing reaches the upstream.
+    Answer(Bytes),
+}
+
+/// A `tools/call` the policy allows, and what the later steps must still do with it.
+pub struct AllowedCall {
+    /// Set when the policy does not name the tool (the default allowed it): the upstream must
+    /// list it, so that a look-alike name ("Delete_Project", a trailing space) is refused here
+    /// instead of being interpreted by the server.
+    pub must_be_listed: Option<String>,
+    /// The counters to reserve (all_tools' and the tool's).
+    pub limits: Vec<Limit>,
+    pub policy_version: u64,
+}
+
+const FORWARD: Verdict = Verdict::Forward {
+    list_filter: None,
+    call: None,
+};
+
+/// Rule named when a grant has no policy at all: every call is denied (fail closed).
+pub const NO_POLICY_RULE: &str = "(no policy)";
+
+/// `tools/list` answers lose hidden tools; a `tools/call` is evaluated on its name and
+/// arguments. Counters (`limits`) and approvals take over from the `Allow` the engine returns.
+pub fn decide(grant: &Grant, msg: &Message<'_>) -> Result<Verdict, Refused> {
+    if msg.kind != Kind::Request {
+        return Ok(FORWARD);
+    }
+    let policy = grant.policy.as_ref().map(|p| p.current());
+    match msg.envelope.method() {
+        "tools/list" => {
+            let list_filter = policy.filter(|p| p.policy.hides_anything());
+            Ok(Verdict::Forward {
+                list_filter,
+                call: None,
+            })
+        }
+        "tools/call" => decide_call(msg, policy),
+        _ => Ok(FORWARD),
+    }
+}
+
+fn decide_call(msg: &Message<'_>, policy: Option<Arc<Loaded>>) -> Result<Verdict, Refused> {
+    let id = msg.id.unwrap_or("null");
+    let invalid = |why: &str| {
+        Refused::new(
+            StatusCode::OK,
+            jsonrpc::INVALID_PARAMS,
+            format!("Invalid params: {why}"),
+        )
+        .with_id(msg.id)
+    };
+    let params = msg
+        .envelope
+        .params
+        .ok_or_else(|| invalid("tools/call needs params"))?;
+    let params: NamedParams = serde_json::from_str(params.get())
+        .map_err(|e| invalid(&format!("tools/call params: {e}")))?;
+    let name = params
+        .name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| invalid("tools/call needs params.name"))?;
+    // Read with duplicate keys refused: {"amount":5,"amount":5000} must not be judged as 5
+    // here and acted on as 5000 upstream.
+    let args = match params.arguments {
+        None => serde_json::Value::Null,
+        Some(raw) => {
+            let v = toolgate_policy::json::parse_strict(raw.get())
+                .map_err(|e| invalid(&format!("arguments: {e}")))?;
+            if !v.is_object() {
+                return Err(invalid("tools/call arguments must be an object"));
+            }
+            v
+        }
+    };
+    let Some(loaded) = policy else {
+        let message = "No policy applies to this grant; every call is denied";
+        return Ok(Verdict::Answer(answers::denial(
+            id,
+            message,
+            NO_POLICY_RULE,
+            None,
+        )));
+    };
+    match loaded.policy.evaluate(name, &args) {
+        Decision::Hidden => Ok(Verdict::Answer(answers::unknown_tool(id, name))),
+        Decision::Deny { rule, message } => Ok(Verdict::Answer(answers::denial(
+            id,
+            &message,
+            rule,
+            Some(loaded.version),
+        ))),
+        Decision::Allow { limits, .. } => Ok(Verdict::Forward {
+            list_filter: None,
+            call: Some(AllowedCall {
+                must_be_listed: (!loaded.policy.lists(name)).then(|| name.to_string()),
+                limits: limits.to_vec(),
+                policy_version: loaded.version,
+            }),
+        }),
+    }
+}

@@ -1,0 +1,301 @@
+//! Step 6, forwarding: to the upstream over the message's binding, with an allowed call's
+//! last checks (the upstream lists the tool) and its counters reserved and settled around it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+
+use super::decide::{AllowedCall, Verdict};
+use super::{Answer, Binding, Message, Refused, STATELESS_VERSION, accepts_sse, is_result, limits};
+use crate::answers;
+use crate::gateway::{Gateway, Upstream};
+use crate::grants::Grant;
+use crate::jsonrpc::{self, Kind};
+use crate::session::UpstreamSession;
+use crate::upstream::http::{HttpSession, METHOD_HEADER, NAME_HEADER, PROTOCOL_HEADER};
+use crate::upstream::stdio::StdioSession;
+use crate::upstream::{Outbound, Reply};
+
+/// Sends one message on a binding's upstream (opening nothing).
+pub(super) async fn send_on(
+    gw: &Gateway,
+    upstream: &Upstream,
+    grant: &Grant,
+    binding: &Binding,
+    out: &Outbound<'_>,
+) -> Result<Reply, Refused> {
+    match binding {
+        Binding::Session(session) => Ok(match &session.upstream {
+            UpstreamSession::Stdio(s) => s.send(out).await,
+            UpstreamSession::Http(h) => h.send(out).await,
+        }),
+        Binding::New => unreachable!("initialize is sent by forward"),
+        Binding::Stateless => match upstream {
+            Upstream::Http(server) => Ok(server.post(None, out).await.0),
+            Upstream::Stdio(server) => {
+                let stateless = out
+                    .protocol_version
+                    .is_some_and(|v| v.as_bytes() == STATELESS_VERSION.as_bytes());
+                if !stateless {
+                    return Err(Refused::new(
+                        StatusCode::BAD_REQUEST,
+                        jsonrpc::INVALID_REQUEST,
+                        "Bad Request: Mcp-Session-Id header is required",
+                    )
+                    .with_id(out.id));
+                }
+                let child = match gw.stateless_stdio.entry(grant.id.clone()) {
+                    dashmap::Entry::Occupied(e) => e.get().clone(),
+                    dashmap::Entry::Vacant(v) => match StdioSession::stateless(server.clone()) {
+                        Ok(s) => v.insert(Arc::new(s)).clone(),
+                        Err(e) => {
+                            tracing::error!(server = %server.name, "cannot start stdio server: {e}");
+                            return Err(Refused::new(
+                                StatusCode::BAD_GATEWAY,
+                                jsonrpc::INTERNAL_ERROR,
+                                "upstream server could not be started",
+                            )
+                            .with_id(out.id));
+                        }
+                    },
+                };
+                Ok(child.send(out).await)
+            }
+        },
+    }
+}
+
+/// The names of the tools the upstream lists, fetched by the gateway itself (all pages) and
+/// kept per session; fetched again when a call names a tool not seen yet (the server's
+/// listing may have changed).
+async fn upstream_lists(
+    gw: &Gateway,
+    upstream: &Upstream,
+    grant: &Grant,
+    binding: &Binding,
+    like: &Outbound<'_>,
+    tool: &str,
+) -> Result<bool, Refused> {
+    let cache = match binding {
+        Binding::Session(s) => Some(&s.tool_names),
+        _ => None,
+    };
+    if let Some(cache) = cache
+        && cache
+            .lock()
+            .expect("tool cache lock")
+            .as_ref()
+            .is_some_and(|names| names.contains(tool))
+    {
+        return Ok(true);
+    }
+    let mut names = std::collections::HashSet::new();
+    let mut cursor: Option<String> = None;
+    for _page in 0..100u32 {
+        let params = match &cursor {
+            Some(c) => format!(r#"{{"cursor":{c}}}"#),
+            None => "{}".to_string(),
+        };
+        // Ids of the gateway's own requests are unique process-wide, so that two listings in
+        // flight on one upstream session never share one.
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let body = Bytes::from(format!(
+            r#"{{"jsonrpc":"2.0","id":"toolgate-tools-{n}","method":"tools/list","params":{params}}}"#
+        ));
+        let method_header = like
+            .mcp_method
+            .map(|_| http::HeaderValue::from_static("tools/list"));
+        let out = Outbound {
+            body: &body,
+            kind: Kind::Request,
+            method: "tools/list",
+            id: Some("\"toolgate-tools\""),
+            progress_token: None,
+            accepts_sse: false,
+            protocol_version: like.protocol_version,
+            mcp_method: method_header.as_ref(),
+            mcp_name: None,
+        };
+        let reply = send_on(gw, upstream, grant, binding, &out).await?;
+        let message = crate::upstream::probe::response_of(reply)
+            .await
+            .map_err(|_| {
+                Refused::new(
+                    StatusCode::OK,
+                    jsonrpc::INTERNAL_ERROR,
+                    "upstream tools/list failed",
+                )
+                .with_id(like.id)
+            })?;
+        let (page_names, next) = answers::list_page(&message).map_err(|why| {
+            tracing::warn!("upstream tools/list could not be read: {why}");
+            Refused::new(
+                StatusCode::OK,
+                jsonrpc::INTERNAL_ERROR,
+                "upstream tools/list could not be read",
+            )
+            .with_id(like.id)
+        })?;
+        names.extend(page_names);
+        match next {
+            Some(c) if Some(&c) != cursor.as_ref() => cursor = Some(c),
+            _ => break,
+        }
+    }
+    let listed = names.contains(tool);
+    if let Some(cache) = cache {
+        *cache.lock().expect("tool cache lock") = Some(Arc::new(names));
+    }
+    Ok(listed)
+}
+
+/// Opens the upstream session first when the message is `initialize`.
+#[allow(clippy::too_many_arguments)]
+pub async fn forward(
+    gw: &Gateway,
+    server: &str,
+    headers: &HeaderMap,
+    grant: Arc<Grant>,
+    body: &Bytes,
+    msg: &Message<'_>,
+    binding: Binding,
+    verdict: Verdict,
+) -> Result<Answer, Refused> {
+    let accepts_sse = accepts_sse(headers);
+    let id = msg.id.unwrap_or("null");
+    let now = |body| Answer {
+        reply: Reply::Json {
+            status: StatusCode::OK,
+            body,
+        },
+        new_session: None,
+        accepts_sse,
+        list_filter: None,
+    };
+    let (list_filter, call) = match verdict {
+        Verdict::Answer(body) => return Ok(now(body)),
+        Verdict::Forward { list_filter, call } => (list_filter, call),
+    };
+    let out = Outbound {
+        body,
+        kind: msg.kind,
+        method: msg.envelope.method(),
+        id: msg.id,
+        progress_token: if msg.kind == Kind::Request {
+            jsonrpc::progress_token(msg.envelope.params)
+        } else {
+            None
+        },
+        accepts_sse,
+        protocol_version: headers.get(PROTOCOL_HEADER),
+        mcp_method: headers.get(METHOD_HEADER),
+        mcp_name: headers.get(NAME_HEADER),
+    };
+    let upstream = gw
+        .servers
+        .get(server)
+        .expect("admit checked the grant's server exists");
+    let answer = |reply, new_session| {
+        Ok(Answer {
+            reply,
+            new_session,
+            accepts_sse,
+            list_filter: list_filter.clone(),
+        })
+    };
+
+    let mut reservation = None;
+    if let Some(call) = &call
+        && !matches!(binding, Binding::New)
+    {
+        if let Some(tool) = &call.must_be_listed
+            && !upstream_lists(gw, upstream, &grant, &binding, &out, tool).await?
+        {
+            return Ok(now(answers::unknown_tool(id, tool)));
+        }
+        reservation = match reserve(gw, &grant, &binding, upstream, call, id).await {
+            Ok(r) => r,
+            Err(denial) => return Ok(now(denial)),
+        };
+    }
+
+    match binding {
+        Binding::Session(ref session) => {
+            let reply = send_on(gw, upstream, &grant, &binding, &out).await;
+            let reply = match reply {
+                Ok(r) => r,
+                Err(refused) => {
+                    if let Some(r) = reservation {
+                        gw.counters_release(r);
+                    }
+                    return Err(refused);
+                }
+            };
+            // The upstream forgot the session (it restarted): forget it too, so the agent's
+            // next request gets 404 and it re-initializes.
+            if matches!(&reply, Reply::Status { status, .. } if *status == StatusCode::NOT_FOUND)
+                && let Some(s) = gw.sessions.remove(&session.id)
+            {
+                s.close().await;
+            }
+            answer(limits::settle(&gw.counters, reservation, reply), None)
+        }
+        Binding::New => match upstream {
+            Upstream::Stdio(server) => {
+                let (session, reply) = StdioSession::start(server.clone(), &out).await;
+                let new = session.map(|s| {
+                    gw.sessions
+                        .insert(grant, UpstreamSession::Stdio(s))
+                        .id
+                        .clone()
+                });
+                answer(reply, new)
+            }
+            Upstream::Http(server) => {
+                let (reply, upstream_id) = server.post(None, &out).await;
+                let opened = match &reply {
+                    Reply::Json { body, .. } => is_result(body),
+                    Reply::Stream(_) => true,
+                    _ => false,
+                };
+                let new = opened.then(|| {
+                    let session = HttpSession {
+                        server: server.clone(),
+                        upstream_id,
+                        protocol_version: std::sync::Mutex::new(out.protocol_version.cloned()),
+                    };
+                    gw.sessions
+                        .insert(grant, UpstreamSession::Http(session))
+                        .id
+                        .clone()
+                });
+                answer(reply, new)
+            }
+        },
+        Binding::Stateless => {
+            let reply = match send_on(gw, upstream, &grant, &binding, &out).await {
+                Ok(r) => r,
+                Err(refused) => {
+                    if let Some(r) = reservation {
+                        gw.counters_release(r);
+                    }
+                    return Err(refused);
+                }
+            };
+            answer(limits::settle(&gw.counters, reservation, reply), None)
+        }
+    }
+}
+
+async fn reserve(
+    gw: &Gateway,
+    grant: &Grant,
+    binding: &Binding,
+    upstream: &Upstream,
+    call: &AllowedCall,
+    id: &str,
+) -> Result<Option<crate::counters::Reservation>, Bytes> {
+    limits::reserve(gw, grant, binding, upstream.name(), call, id).await
+}

@@ -1,0 +1,129 @@
+//! The steps around forwarding an allowed call: reserve its counters before it goes upstream
+//! (SPEC 3 step 4), and settle them once the upstream has answered (step 7): a JSON-RPC error
+//! or an unreachable upstream gives the calls back; a tool result, even `isError: true`, is a
+//! completed call and keeps them.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use toolgate_policy::Scope;
+
+use super::Binding;
+use super::decide::AllowedCall;
+use crate::answers;
+use crate::counters::{CounterKey, CounterStore, Counters, Need, Reservation};
+use crate::gateway::Gateway;
+use crate::grants::Grant;
+use crate::jsonrpc::{Envelope, Kind};
+use crate::upstream::Reply;
+
+/// Rule named when the counter store cannot be asked and `on_error` is deny.
+pub const STORE_UNAVAILABLE_RULE: &str = "(counter store unavailable)";
+
+/// Reserves every counter of the call at once. `Err` is the answer for the agent: the call
+/// does not fit (a rate-limit denial), or the store is down and `on_error` is deny.
+pub async fn reserve(
+    gw: &Gateway,
+    grant: &Grant,
+    binding: &Binding,
+    server: &Arc<str>,
+    call: &AllowedCall,
+    id: &str,
+) -> Result<Option<Reservation>, Bytes> {
+    if call.limits.is_empty() {
+        return Ok(None);
+    }
+    // Under the stateless protocol there is no session: a session limit counts per grant.
+    let session = match binding {
+        Binding::Session(s) => s.id.clone(),
+        _ => grant.id.clone(),
+    };
+    let needs: Vec<Need> = call
+        .limits
+        .iter()
+        .map(|l| Need {
+            key: CounterKey {
+                server: server.clone(),
+                scope: l.scope,
+                owner: match l.scope {
+                    Scope::Grant => grant.id.clone(),
+                    Scope::Session => session.clone(),
+                    Scope::Server => Arc::from(""),
+                },
+                name: l.counter.clone(),
+            },
+            window: l.window,
+            max: l.max,
+            rule: l.rule.clone(),
+        })
+        .collect();
+    match gw.counters.reserve(&needs).await {
+        Ok(Ok(reservation)) => Ok(Some(reservation)),
+        Ok(Err(limited)) => Err(answers::limited(id, &limited, call.policy_version)),
+        Err(e) if gw.config.counters.on_error_allow => {
+            tracing::warn!("{e}; the call goes on uncounted (counters.on_error = \"allow\")");
+            Ok(None)
+        }
+        Err(e) => {
+            tracing::warn!("{e}; the call is refused (counters.on_error = \"deny\")");
+            let message = "Rate limits cannot be checked right now, so the call is refused; try again shortly";
+            Err(answers::denial(
+                id,
+                message,
+                STORE_UNAVAILABLE_RULE,
+                Some(call.policy_version),
+            ))
+        }
+    }
+}
+
+/// Watches the upstream's answer and gives the counters back if the call failed there.
+pub fn settle(counters: &Arc<Counters>, reservation: Option<Reservation>, reply: Reply) -> Reply {
+    let Some(reservation) = reservation else {
+        return reply;
+    };
+    let release = {
+        let counters = counters.clone();
+        move |r: Reservation| {
+            let counters = counters.clone();
+            tokio::spawn(async move { counters.release(r).await });
+        }
+    };
+    match reply {
+        Reply::Json { status, body } => {
+            if failed(&body) {
+                release(reservation);
+            }
+            Reply::Json { status, body }
+        }
+        // No JSON-RPC answer at all (an HTTP error from the upstream): the call did not happen.
+        Reply::Status { .. } => {
+            release(reservation);
+            reply
+        }
+        Reply::Stream(events) => {
+            let mut pending = Some(reservation);
+            Reply::Stream(
+                events
+                    .inspect(move |e| {
+                        if pending.is_some()
+                            && let Ok(env) = Envelope::parse(&e.data)
+                            && env.kind() == Ok(Kind::Response)
+                        {
+                            let r = pending.take().expect("checked above");
+                            if env.error.is_some() {
+                                release(r);
+                            }
+                        }
+                    })
+                    .boxed(),
+            )
+        }
+        Reply::Accepted => reply,
+    }
+}
+
+fn failed(body: &[u8]) -> bool {
+    Envelope::parse(body).is_ok_and(|e| e.error.is_some())
+}

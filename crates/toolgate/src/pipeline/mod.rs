@@ -1,0 +1,258 @@
+//! The request path of SPEC section 3, one step per function, in the order a message meets
+//! them:
+//!
+//! 1. `admit`: DNS-rebinding check, then the grant from the bearer token (the door).
+//! 2. `read_message`: one JSON-RPC message, classified; batches and bad shapes refused.
+//! 3. `check_transport_headers`: `Mcp-Method` / `Mcp-Name` must agree with the body.
+//! 4. `bind_session`: the agent's session, checked against the grant, or a new one.
+//! 5. `decide` (decide.rs): the policy decision: deny, hide, or forward (`tools/list` filtered).
+//! 6. `forward` (forward.rs): an allowed call's counters reserved (limits.rs), the message sent
+//!    upstream, its reply relayed as it came, the counters settled on the answer.
+//!
+//! Approval and audit (later issues) slot in around 5 and 6. Nothing here blocks: every step
+//! is either pure or awaits the network.
+
+mod decide;
+mod forward;
+mod limits;
+
+pub use decide::{AllowedCall, NO_POLICY_RULE, Verdict, decide};
+pub use forward::forward;
+pub use limits::STORE_UNAVAILABLE_RULE;
+
+use std::sync::Arc;
+
+use http::{HeaderMap, StatusCode};
+
+use crate::gateway::Gateway;
+use crate::grants::{DoorRefusal, Grant};
+use crate::jsonrpc::{self, Envelope, Kind, NamedParams};
+use crate::policies::Loaded;
+use crate::session::{Session, SessionRefusal};
+use crate::upstream::Reply;
+use crate::upstream::http::{METHOD_HEADER, NAME_HEADER, SESSION_HEADER};
+
+/// The stateless protocol version: requests carry no session.
+pub const STATELESS_VERSION: &str = "2026-07-28";
+
+/// A request turned away by the gateway itself; it never reached the upstream.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: StatusCode,
+    pub code: i64,
+    pub message: String,
+    /// Raw JSON of the request id, when one was read.
+    pub id: Option<String>,
+}
+
+impl Refused {
+    pub fn new(status: StatusCode, code: i64, message: impl Into<String>) -> Refused {
+        Refused {
+            status,
+            code,
+            message: message.into(),
+            id: None,
+        }
+    }
+
+    fn with_id(mut self, id: Option<&str>) -> Refused {
+        self.id = id.map(str::to_string);
+        self
+    }
+}
+
+/// What the gateway answers to one POSTed message.
+pub struct Answer {
+    pub reply: Reply,
+    /// Set when this message opened a session: its id goes back in `Mcp-Session-Id`.
+    pub new_session: Option<Arc<str>>,
+    pub accepts_sse: bool,
+    /// For `tools/list`: the policy whose hidden tools are taken out of the response.
+    pub list_filter: Option<Arc<Loaded>>,
+}
+
+/// Step 1: the door. Host and Origin first (a rebinding page learns nothing, not even 401),
+/// then the bearer token.
+pub fn admit(
+    gw: &Gateway,
+    server: &str,
+    headers: &HeaderMap,
+    authority: Option<&str>,
+) -> Result<Arc<Grant>, Refused> {
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or(authority);
+    if !host.is_some_and(|h| gw.hosts.host_allowed(h)) {
+        return Err(Refused::new(
+            StatusCode::FORBIDDEN,
+            jsonrpc::INVALID_REQUEST,
+            "Forbidden: Host not allowed",
+        ));
+    }
+    if let Some(origin) = headers.get(http::header::ORIGIN)
+        && !origin.to_str().is_ok_and(|o| gw.hosts.origin_allowed(o))
+    {
+        return Err(Refused::new(
+            StatusCode::FORBIDDEN,
+            jsonrpc::INVALID_REQUEST,
+            "Forbidden: Origin not allowed",
+        ));
+    }
+    let authorization = headers
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    gw.grants
+        .authenticate(authorization, server)
+        .map_err(|r| match r {
+            DoorRefusal::Unauthenticated => Refused::new(
+                StatusCode::UNAUTHORIZED,
+                jsonrpc::INVALID_REQUEST,
+                "Unauthorized: a valid grant token is required (Authorization: Bearer ...)",
+            ),
+            DoorRefusal::WrongServer => Refused::new(
+                StatusCode::FORBIDDEN,
+                jsonrpc::INVALID_REQUEST,
+                "Forbidden: this grant is not for this server",
+            ),
+        })
+}
+
+/// One message as read by the gateway.
+pub struct Message<'a> {
+    pub envelope: Envelope<'a>,
+    pub kind: Kind,
+    pub id: Option<&'a str>,
+}
+
+/// Step 2: one JSON-RPC message. A batch is refused whole: evaluating it element by element
+/// buys nothing (MCP dropped batches in 2025-06-18) and forwarding it unread would be a bypass.
+pub fn read_message(body: &[u8]) -> Result<Message<'_>, Refused> {
+    if jsonrpc::is_batch(body) {
+        return Err(Refused::new(
+            StatusCode::BAD_REQUEST,
+            jsonrpc::INVALID_REQUEST,
+            "Invalid Request: JSON-RPC batches are not accepted; send one message per request",
+        ));
+    }
+    let envelope = Envelope::parse(body)
+        .map_err(|r| Refused::new(StatusCode::BAD_REQUEST, r.code, r.message))?;
+    let id = envelope.id.map(|i| i.get());
+    let kind = envelope
+        .kind()
+        .map_err(|r| Refused::new(StatusCode::BAD_REQUEST, r.code, r.message).with_id(id))?;
+    Ok(Message { envelope, kind, id })
+}
+
+/// The name the policy decides on and `Mcp-Name` must match, for the methods that have one.
+fn named_target<'a>(method: &str, params: &'a NamedParams<'a>) -> Option<&'a str> {
+    match method {
+        "tools/call" | "prompts/get" => params.name.as_deref(),
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => params.uri.as_deref(),
+        _ => None,
+    }
+}
+
+/// Step 3: under 2026-07-28 the method and name travel in headers too. A gateway that decided
+/// on the body while an upstream routed on the headers could be walked around, so any
+/// disagreement is refused before anything else looks at the message.
+pub fn check_transport_headers(headers: &HeaderMap, msg: &Message<'_>) -> Result<(), Refused> {
+    let mismatch = |what: &str| {
+        Refused::new(
+            StatusCode::BAD_REQUEST,
+            jsonrpc::HEADER_MISMATCH,
+            format!("Bad Request: the {what} header does not match the request body"),
+        )
+        .with_id(msg.id)
+    };
+    if let Some(m) = headers.get(METHOD_HEADER)
+        && m.as_bytes() != msg.envelope.method().as_bytes()
+    {
+        return Err(mismatch("Mcp-Method"));
+    }
+    if let Some(n) = headers.get(NAME_HEADER) {
+        let params = msg
+            .envelope
+            .params
+            .and_then(|p| serde_json::from_str::<NamedParams>(p.get()).ok());
+        let name = params
+            .as_ref()
+            .and_then(|p| named_target(msg.envelope.method(), p));
+        if name.map(str::as_bytes) != Some(n.as_bytes()) {
+            return Err(mismatch("Mcp-Name"));
+        }
+    }
+    Ok(())
+}
+
+/// Where a message goes upstream.
+pub enum Binding {
+    /// An open session of this grant.
+    Session(Arc<Session>),
+    /// `initialize` without a session: open one.
+    New,
+    /// No session and not `initialize`: a stateless (2026-07-28) request.
+    Stateless,
+}
+
+/// Step 4: the session. An unknown id is 404 (the client re-initializes); another grant's
+/// session is 403 and the message goes nowhere.
+pub fn bind_session(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    grant: &Grant,
+    msg: &Message<'_>,
+) -> Result<Binding, Refused> {
+    let is_initialize = msg.kind == Kind::Request && msg.envelope.method() == "initialize";
+    match headers.get(SESSION_HEADER) {
+        Some(id) => {
+            if is_initialize {
+                return Err(Refused::new(
+                    StatusCode::BAD_REQUEST,
+                    jsonrpc::INVALID_REQUEST,
+                    "Bad Request: initialize opens a new session; send it without Mcp-Session-Id",
+                )
+                .with_id(msg.id));
+            }
+            let id = id.to_str().unwrap_or("");
+            gw.sessions
+                .get(id, grant)
+                .map(Binding::Session)
+                .map_err(|r| match r {
+                    SessionRefusal::NotFound => Refused::new(
+                        StatusCode::NOT_FOUND,
+                        jsonrpc::INVALID_REQUEST,
+                        "Session not found: initialize a new session",
+                    )
+                    .with_id(msg.id),
+                    SessionRefusal::OtherGrant => Refused::new(
+                        StatusCode::FORBIDDEN,
+                        jsonrpc::INVALID_REQUEST,
+                        "Forbidden: this session belongs to another grant",
+                    )
+                    .with_id(msg.id),
+                })
+        }
+        None if is_initialize => Ok(Binding::New),
+        None => Ok(Binding::Stateless),
+    }
+}
+
+fn is_result(body: &[u8]) -> bool {
+    Envelope::parse(body)
+        .map(|e| e.result.is_some())
+        .unwrap_or(false)
+}
+
+/// Whether the agent reads SSE answers. No `Accept` at all is read as "anything".
+pub fn accepts_sse(headers: &HeaderMap) -> bool {
+    let mut any = false;
+    for v in headers.get_all(http::header::ACCEPT) {
+        any = true;
+        let v = v.to_str().unwrap_or("").to_ascii_lowercase();
+        if v.contains("text/event-stream") || v.contains("*/*") {
+            return true;
+        }
+    }
+    !any
+}
