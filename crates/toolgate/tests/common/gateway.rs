@@ -176,6 +176,17 @@ pub fn toml_str(s: &str) -> String {
 /// `[servers.NAME]` for the stdio recorder writing to `record_file`, plus `extra_env` entries,
 /// with the policy that names the recorder's tools.
 pub fn recorder_server_toml(name: &str, record_file: &Path, extra_env: &[(&str, &str)]) -> String {
+    recorder_server_toml_with(name, record_file, extra_env, Some(RECORDER_TOOLS))
+}
+
+/// Like `recorder_server_toml`, with the server's `policy` file (relative to the config's
+/// folder), or none.
+pub fn recorder_server_toml_with(
+    name: &str,
+    record_file: &Path,
+    extra_env: &[(&str, &str)],
+    policy: Option<&str>,
+) -> String {
     let mut env = format!(
         "RECORD_FILE = {}",
         toml_str(&record_file.display().to_string())
@@ -183,8 +194,11 @@ pub fn recorder_server_toml(name: &str, record_file: &Path, extra_env: &[(&str, 
     for (k, v) in extra_env {
         env.push_str(&format!(", {k} = {}", toml_str(v)));
     }
+    let policy = policy
+        .map(|p| format!("policy = {}\n", toml_str(p)))
+        .unwrap_or_default();
     format!(
-        "[servers.{name}]\ncommand = \"python3\"\nargs = [{}]\nenv = {{ {env} }}\npolicy = \"{RECORDER_TOOLS}\"\n\n",
+        "[servers.{name}]\ncommand = \"python3\"\nargs = [{}]\nenv = {{ {env} }}\n{policy}\n",
         toml_str(&recorder_py().display().to_string())
     )
 }

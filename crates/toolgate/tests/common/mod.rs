@@ -13,6 +13,9 @@
 //! - `process`: `Spawned`, any other process (peers, SDK drivers) in its own process group,
 //!   killed on drop; polling with deadlines.
 //! - `peers`: `EverythingHttp`, `RecorderHttp`, and the SDK drivers run to completion.
+//! - `record`: what reached the recorder, one short line per message, compared whole.
+//! - `stdio`: `StdioClient`, MCP by hand over `toolgate run`'s stdin/stdout (local mode).
+//! - `coroot`: the real `mcp-coroot` server and `FakeCoroot`, the fake Coroot API it calls.
 //! - here: where the peers are, checked; a missing peer fails the test with what to install
 //!   (nothing is skipped).
 //!
@@ -20,15 +23,18 @@
 
 #![allow(dead_code)]
 
+mod coroot;
 mod gateway;
 mod http;
 mod mcp;
 mod peers;
 mod process;
+mod record;
+mod stdio;
 
 // Each test binary uses its own part of the harness.
 #[allow(unused_imports)]
-pub use {gateway::*, http::*, mcp::*, peers::*, process::*};
+pub use {coroot::*, gateway::*, http::*, mcp::*, peers::*, process::*, record::*, stdio::*};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -57,11 +57,17 @@ pub struct RecorderHttp {
 
 impl RecorderHttp {
     pub fn start(record_file: &Path) -> RecorderHttp {
+        RecorderHttp::start_with_env(record_file, &[])
+    }
+
+    /// Like `start`, with more variables in its environment (`RECORDER_PAGE_SIZE`...).
+    pub fn start_with_env(record_file: &Path, env: &[(&str, &str)]) -> RecorderHttp {
         let mut cmd = Command::new(python());
         cmd.arg(recorder_py())
             .arg("--http")
             .env("PORT", "0")
-            .env("RECORD_FILE", record_file);
+            .env("RECORD_FILE", record_file)
+            .envs(env.iter().copied());
         let mut process = Spawned::start("recorder --http", cmd);
         let mut port = None;
         poll_until(START_DEADLINE, || {

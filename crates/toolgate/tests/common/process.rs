@@ -112,7 +112,7 @@ fn collect_lines(pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, JoinH
 }
 
 /// Variables no peer or driver should inherit: a proxy would swallow loopback requests.
-const PROXY_VARS: &[&str] = &[
+pub(crate) const PROXY_VARS: &[&str] = &[
     "http_proxy",
     "https_proxy",
     "all_proxy",
