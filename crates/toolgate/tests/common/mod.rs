@@ -13,6 +13,7 @@
 //! - `process`: `Spawned`, any other process (peers, SDK drivers) in its own process group,
 //!   killed on drop; polling with deadlines.
 //! - `peers`: `EverythingHttp`, `RecorderHttp`, and the SDK drivers run to completion.
+//! - `policy`: the recorder behind a policy file of the test's, and the exact refusals.
 //! - `record`: what reached the recorder, one short line per message, compared whole.
 //! - `stdio`: `StdioClient`, MCP by hand over `toolgate run`'s stdin/stdout (local mode).
 //! - `coroot`: the real `mcp-coroot` server and `FakeCoroot`, the fake Coroot API it calls.
@@ -28,13 +29,16 @@ mod gateway;
 mod http;
 mod mcp;
 mod peers;
+mod policy;
 mod process;
 mod record;
 mod stdio;
 
 // Each test binary uses its own part of the harness.
 #[allow(unused_imports)]
-pub use {coroot::*, gateway::*, http::*, mcp::*, peers::*, process::*, record::*, stdio::*};
+pub use {
+    coroot::*, gateway::*, http::*, mcp::*, peers::*, policy::*, process::*, record::*, stdio::*,
+};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
