@@ -184,7 +184,12 @@ fn main() -> ExitCode {
                 state_dir: state,
                 upstream,
             };
-            match runtime().block_on(toolgate::downstream::stdio::run(opts)) {
+            let rt = runtime();
+            let result = rt.block_on(toolgate::downstream::stdio::run(opts));
+            // Reading stdin blocks a runtime thread until the client closes it; when the
+            // server exits (or a signal ends us) first, do not wait for that read.
+            rt.shutdown_background();
+            match result {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
                 Err(e) => fail(e, 1),
             }

@@ -77,6 +77,11 @@ fn decide_call(msg: &Message<'_>, policy: Option<Arc<Loaded>>) -> Result<Verdict
         .envelope
         .params
         .ok_or_else(|| invalid("tools/call needs params"))?;
+    // Only by name: serde would also read a list positionally (["echo", null, {...}]),
+    // a shape the upstream might read differently.
+    if !params.get().trim_start().starts_with('{') {
+        return Err(invalid("tools/call params must be an object"));
+    }
     let params: NamedParams = serde_json::from_str(params.get())
         .map_err(|e| invalid(&format!("tools/call params: {e}")))?;
     let name = params
