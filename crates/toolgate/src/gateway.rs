@@ -13,10 +13,17 @@ use crate::counters::redis::RedisStore;
 use crate::counters::{CounterStore, Counters, Reservation, SystemClock};
 use crate::downstream::rebinding::HostCheck;
 use crate::grants::GrantTable;
+use crate::policies::Loaded;
 use crate::policies::PolicySet;
 use crate::session::SessionTable;
+use crate::state::sqlite::SqliteStore;
+use crate::state::{PolicyScope, StateStore};
 use crate::upstream::http::HttpServer;
 use crate::upstream::stdio::{StdioServer, StdioSession};
+use arc_swap::ArcSwap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use toolgate_policy::Policy;
 
 /// A registered upstream server.
 pub enum Upstream {
@@ -38,8 +45,17 @@ pub struct Gateway {
     /// Where limits are counted (`[counters]`).
     pub counters: Arc<Counters>,
     pub servers: HashMap<String, Upstream>,
-    pub grants: GrantTable,
+    /// Who may call: rebuilt (and swapped whole) when grants or stored policies change.
+    pub grants: ArcSwap<GrantTable>,
     pub policies: PolicySet,
+    /// Grants and policy versions created at run time.
+    pub state: Arc<SqliteStore>,
+    /// The admin API's token (its SHA-256), set when the gateway starts serving.
+    pub admin_token: std::sync::OnceLock<[u8; 32]>,
+    /// Stored policy versions already compiled, so a rebuild compiles only new ones.
+    compiled: Mutex<HashMap<(PolicyScope, u64), Arc<Loaded>>>,
+    /// The store's `data_version` when the grant table was last built.
+    seen_version: AtomicI64,
     pub sessions: SessionTable,
     /// Children answering sessionless (2026-07-28) requests on stdio servers, one per grant
     /// so that grants never share a process.
@@ -59,7 +75,8 @@ impl Gateway {
                 policies.load(path).map_err(|e| e.to_string())?;
             }
         }
-        let grants = GrantTable::from_config(&config, &mut policies).map_err(|e| e.to_string())?;
+        GrantTable::from_config(&config, &mut policies).map_err(|e| e.to_string())?;
+        let state = Arc::new(SqliteStore::open(&config.state_dir).map_err(|e| e.to_string())?);
         let counters = Arc::new(match &config.counters.backend {
             CounterBackend::Embedded => Counters::Embedded(Arc::new(EmbeddedStore::open(
                 &config.state_dir,
@@ -95,17 +112,90 @@ impl Gateway {
                 (s.name.clone(), upstream)
             })
             .collect();
-        Ok(Gateway {
+        let gw = Gateway {
             counters,
-            grants,
+            grants: ArcSwap::from_pointee(GrantTable::default()),
             policies,
+            state,
+            admin_token: std::sync::OnceLock::new(),
+            compiled: Mutex::new(HashMap::new()),
+            seen_version: AtomicI64::new(i64::MIN),
             hosts: HostCheck::new(&config),
             servers,
             sessions: SessionTable::default(),
             stateless_stdio: DashMap::new(),
             shutdown: CancellationToken::new(),
             config,
-        })
+        };
+        gw.refresh()?;
+        Ok(gw)
+    }
+
+    /// Rebuilds the grant table from the config and the state store (after a grant or policy
+    /// changed). Blocking I/O: call it off the request path.
+    pub fn refresh(&self) -> Result<(), String> {
+        let version = self.state.data_version().map_err(|e| e.0)?;
+        let stored = self.state.grants().map_err(|e| e.0)?;
+        let latest = self.state.latest_policies().map_err(|e| e.0)?;
+        let mut compiled = self.compiled.lock().expect("compiled lock");
+        let mut current = HashMap::new();
+        for v in latest {
+            let key = (v.scope.clone(), v.version);
+            let loaded = match compiled.get(&key) {
+                Some(l) => l.clone(),
+                None => match Policy::parse(&v.document) {
+                    Ok(p) => {
+                        let l = Arc::new(Loaded::stored(p, v.version, v.document.clone()));
+                        compiled.insert(key, l.clone());
+                        l
+                    }
+                    Err(problems) => {
+                        // Validated when applied; a document that no longer parses (a newer
+                        // toolgate wrote it) leaves its scope without a stored policy.
+                        tracing::error!(server = %v.scope.server, version = v.version, "stored policy is invalid: {problems:?}");
+                        continue;
+                    }
+                },
+            };
+            current.insert(v.scope, loaded);
+        }
+        let table = GrantTable::build(&self.config, &self.policies, &stored, &current);
+        self.grants.store(Arc::new(table));
+        self.seen_version.store(version, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Rebuilds the grant table if another process (the CLI on the state directory) changed
+    /// the store since the last build.
+    pub fn refresh_if_changed(&self) {
+        match self.state.data_version() {
+            Ok(v) if v != self.seen_version.load(Ordering::Relaxed) => {
+                if let Err(e) = self.refresh() {
+                    tracing::error!("cannot reload grants: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("cannot read the state store: {e}"),
+        }
+    }
+
+    /// The admin token: `TOOLGATE_ADMIN_TOKEN` if set, else the one stored at first start,
+    /// else a new one (returned, to be printed once: only its hash is kept).
+    pub fn init_admin_token(&self, from_env: Option<&str>) -> Result<Option<String>, String> {
+        let (hash, new) = match from_env.filter(|t| !t.is_empty()) {
+            Some(token) => (crate::grants::digest(token), None),
+            None => match self.state.admin_token_hash().map_err(|e| e.0)? {
+                Some(h) => (h, None),
+                None => {
+                    let token = format!("tga_{}", &crate::admin::new_token()[3..]);
+                    let h = crate::grants::digest(&token);
+                    self.state.set_admin_token_hash(h).map_err(|e| e.0)?;
+                    (h, Some(token))
+                }
+            },
+        };
+        let _ = self.admin_token.set(hash);
+        Ok(new)
     }
 }
 
@@ -116,11 +206,24 @@ impl Gateway {
         tokio::spawn(async move { counters.release(reservation).await });
     }
 
-    /// Starts what runs beside the request path (the embedded store's snapshots).
-    pub fn start_background(&self) {
+    /// Starts what runs beside the request path: the embedded store's snapshots, and the
+    /// watch on the state store for changes made by another process.
+    pub fn start_background(self: &Arc<Self>) {
         if let Counters::Embedded(store) = &*self.counters {
             store.spawn_saver(self.shutdown.clone());
         }
+        let gw = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = gw.shutdown.cancelled() => break,
+                }
+                let g = gw.clone();
+                let _ = tokio::task::spawn_blocking(move || g.refresh_if_changed()).await;
+            }
+        });
     }
 
     /// Last writes before exit (the embedded counters' snapshot).

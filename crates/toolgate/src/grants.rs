@@ -11,9 +11,27 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{Config, Credential};
-use crate::policies::{LoadError, PolicyFile, PolicySet};
+use crate::policies::{LoadError, Loaded, PolicyFile, PolicySet};
+use crate::state::{PolicyScope, StoredGrant};
 
-/// A grant: a label, one server, and (from the next issue on) one policy.
+/// Where a grant's policy comes from: a watched file of the config, or a version applied
+/// through the admin API or CLI (kept in the state store).
+#[derive(Debug, Clone)]
+pub enum PolicySource {
+    File(Arc<PolicyFile>),
+    Stored(Arc<Loaded>),
+}
+
+impl PolicySource {
+    pub fn current(&self) -> Arc<Loaded> {
+        match self {
+            PolicySource::File(f) => f.current(),
+            PolicySource::Stored(l) => l.clone(),
+        }
+    }
+}
+
+/// A grant: a label, one server, one policy.
 #[derive(Debug)]
 pub struct Grant {
     /// Stable id, used to bind sessions to their grant.
@@ -21,7 +39,7 @@ pub struct Grant {
     pub label: String,
     pub server: String,
     /// The grant's own policy, else its server's; None means every call is denied.
-    pub policy: Option<Arc<PolicyFile>>,
+    pub policy: Option<PolicySource>,
 }
 
 /// Why a request was turned away at the door.
@@ -47,21 +65,58 @@ pub fn digest(token: &str) -> Digest32 {
 }
 
 impl GrantTable {
-    /// Builds the table, loading each grant's policy (its own, else its server's) into `policies`.
+    /// Builds the table from the config alone, loading its policy files into `policies`.
     pub fn from_config(config: &Config, policies: &mut PolicySet) -> Result<GrantTable, LoadError> {
+        for path in config
+            .grants
+            .iter()
+            .filter_map(|g| g.policy.as_ref())
+            .chain(config.servers.iter().filter_map(|s| s.policy.as_ref()))
+        {
+            policies.load(path)?;
+        }
+        Ok(GrantTable::build(config, policies, &[], &HashMap::new()))
+    }
+
+    /// Builds the table from the config's grants and the store's live grants. A grant's policy
+    /// is, first found: its own stored policy, its own policy file, its server's stored policy,
+    /// its server's policy file. Policy files must already be loaded into `policies`.
+    pub fn build(
+        config: &Config,
+        policies: &PolicySet,
+        stored: &[StoredGrant],
+        stored_policies: &HashMap<PolicyScope, Arc<Loaded>>,
+    ) -> GrantTable {
+        let stored_policy = |server: &str, grant: Option<&str>| {
+            let scope = PolicyScope {
+                server: server.to_string(),
+                grant: grant.map(str::to_string),
+            };
+            stored_policies
+                .get(&scope)
+                .map(|l| PolicySource::Stored(l.clone()))
+        };
+        let file = |path: Option<&std::path::PathBuf>| {
+            path.and_then(|p| policies.get(p)).map(PolicySource::File)
+        };
+        let server_file = |server: &str| {
+            file(
+                config
+                    .servers
+                    .iter()
+                    .find(|s| s.name == server)
+                    .and_then(|s| s.policy.as_ref()),
+            )
+        };
         let mut table = GrantTable::default();
         for g in &config.grants {
-            let server_policy = config
-                .servers
-                .iter()
-                .find(|s| s.name == g.server)
-                .and_then(|s| s.policy.as_ref());
-            let policy = match g.policy.as_ref().or(server_policy) {
-                Some(path) => Some(policies.load(path)?),
-                None => None,
-            };
+            let id = format!("config:{}", g.name);
+            let policy = stored_policy(&g.server, Some(&id))
+                .or_else(|| file(g.policy.as_ref()))
+                .or_else(|| stored_policy(&g.server, None))
+                .or_else(|| server_file(&g.server));
             let grant = Arc::new(Grant {
-                id: format!("config:{}", g.name).into(),
+                id: id.into(),
                 label: g.name.clone(),
                 server: g.server.clone(),
                 policy,
@@ -75,7 +130,23 @@ impl GrantTable {
                 }
             }
         }
-        Ok(table)
+        for g in stored.iter().filter(|g| g.revoked_at.is_none()) {
+            // A stored grant for a server the config no longer has cannot be used.
+            if !config.servers.iter().any(|s| s.name == g.server) {
+                continue;
+            }
+            let policy = stored_policy(&g.server, Some(&g.id))
+                .or_else(|| stored_policy(&g.server, None))
+                .or_else(|| server_file(&g.server));
+            let grant = Arc::new(Grant {
+                id: g.id.as_str().into(),
+                label: g.label.clone(),
+                server: g.server.clone(),
+                policy,
+            });
+            table.by_digest.insert(g.token_hash, grant);
+        }
+        table
     }
 
     /// Decides who a request is, from its `Authorization` header, for `server`.

@@ -2,6 +2,7 @@
 //! before it reaches the server.
 //!
 //! # Layout
+//! - `admin`: operator actions (grants, policy versions), the admin API and its client.
 //! - `answers`: what the gateway says itself: denials, unknown tools, filtered tool lists.
 //! - `config`: the TOML file, `${ENV}` expansion, its errors.
 //! - `counters`: limits counted per grant, session or server (embedded store or Redis).
@@ -10,6 +11,7 @@
 //! - `pipeline`: the request path of SPEC 3, one named step per function.
 //! - `policies`: policy files, compiled once per version, watched and swapped atomically.
 //! - `session`: the session table, grant binding, idle expiry.
+//! - `state`: the state store (grants, policy versions): SQLite under `state_dir`.
 //! - `downstream`: the agent-facing transports (`http`: Streamable HTTP; `rebinding`: Host/Origin).
 //! - `upstream`: the server-facing transports (`stdio` children, `http` Streamable HTTP).
 //! - `gateway`: the shared state the request path reads.
@@ -17,6 +19,7 @@
 //!
 //! The policy engine lives in its own crate, `toolgate-policy`, pure and free of I/O.
 
+pub mod admin;
 pub mod answers;
 pub mod config;
 pub mod counters;
@@ -28,4 +31,5 @@ pub mod pipeline;
 pub mod policies;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod upstream;

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+mod operator;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use toolgate::config::{Config, Credential, ProcessEnv};
 use toolgate::downstream::stdio::{LocalOptions, LocalUpstream};
@@ -56,6 +58,13 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Grants: tokens for agents, one server each.
+    Grant {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        command: GrantCommand,
+    },
     /// Local mode: a stdio MCP server for a local client, with the policy in front of the
     /// server it wraps (`-- COMMAND ARGS...`) or of a remote one (`--upstream URL`).
     Run {
@@ -77,6 +86,48 @@ enum Command {
     },
 }
 
+/// Where operator commands act: a running gateway (`--url`), else the state directory.
+#[derive(clap::Args, Clone)]
+struct Target {
+    /// A running gateway's base URL (its admin API); without it, the state directory is used.
+    #[arg(long, env = "TOOLGATE_URL", global = true)]
+    url: Option<String>,
+    /// The admin token for `--url`.
+    #[arg(
+        long,
+        env = "TOOLGATE_ADMIN_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
+    /// The config file (its servers, grants and state_dir), for working without `--url`.
+    #[arg(long, short, env = "TOOLGATE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum GrantCommand {
+    /// Issue a grant; its token is printed once.
+    Create {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        label: String,
+        /// The grant's own policy (else its server's applies).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    /// List grants (never their tokens).
+    List,
+    /// A new token for a grant; the old one stops working at once.
+    Rotate { id: String },
+    /// Revoke a grant: its token and open sessions stop working at once.
+    Revoke { id: String },
+}
+
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Validate a policy: every error with its JSON pointer (exit 1 on errors), then warnings.
@@ -88,6 +139,47 @@ enum PolicyCommand {
         /// The config file that declares `--server`.
         #[arg(long, short, env = "TOOLGATE_CONFIG", default_value = "toolgate.toml")]
         config: PathBuf,
+    },
+    /// Store a new version of a server's (or one grant's) policy; refused, with every error, if invalid.
+    Apply {
+        file: PathBuf,
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        grant: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print a stored policy version (the newest by default).
+    Show {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        grant: Option<String>,
+        #[arg(long)]
+        version: Option<u64>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List the stored versions of a policy.
+    Versions {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        grant: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show what changed between two stored versions.
+    Diff {
+        from: u64,
+        to: u64,
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        grant: Option<String>,
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -144,6 +236,8 @@ fn main() -> ExitCode {
                     config,
                 },
         } => policy_check(&file, server.as_deref(), &config),
+        Command::Policy { command } => operator::policy(command),
+        Command::Grant { target, command } => operator::grant(target, command),
         Command::Run {
             policy,
             state,
@@ -282,6 +376,15 @@ async fn serve(cfg: Config) -> Result<(), String> {
         tracing::info!(server = %s.name, "agents reach it at http://{addr}/mcp/{}", s.name);
     }
     let gw = Arc::new(Gateway::new(cfg).map_err(|e| e.to_string())?);
+    let from_env = std::env::var("TOOLGATE_ADMIN_TOKEN").ok();
+    if let Some(token) = gw.init_admin_token(from_env.as_deref())? {
+        // Shown once, on first start; only its hash is kept. Not through the log: logs are
+        // collected and kept, this line should not be.
+        eprintln!(
+            "toolgate: admin token (shown once; keep it, or set TOOLGATE_ADMIN_TOKEN): {token}"
+        );
+    }
+    tracing::info!("admin API at http://{addr}{}", toolgate::admin::api::PREFIX);
     // Kept alive for as long as the gateway serves: dropping it stops the watch.
     let _watcher = gw
         .policies

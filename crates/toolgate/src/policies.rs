@@ -23,6 +23,23 @@ pub struct Loaded {
     text: String,
 }
 
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Loaded(v{})", self.version)
+    }
+}
+
+impl Loaded {
+    /// A version from the state store (its number is the store's).
+    pub fn stored(policy: Policy, version: u64, text: String) -> Loaded {
+        Loaded {
+            policy,
+            version,
+            text,
+        }
+    }
+}
+
 /// A policy file and its current version.
 pub struct PolicyFile {
     pub path: PathBuf,
@@ -130,6 +147,12 @@ impl PolicySet {
         });
         self.files.insert(path.to_path_buf(), file.clone());
         Ok(file)
+    }
+
+    /// The already loaded file at `path`.
+    pub fn get(&self, path: &Path) -> Option<Arc<PolicyFile>> {
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        self.files.get(&path).cloned()
     }
 
     /// Watches every loaded file's folder (editors replace files by renaming, which a watch

@@ -23,7 +23,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             "/mcp/{server}/",
             get(mcp::get).post(mcp::post).delete(mcp::delete),
         )
-        .with_state(gw)
+        .with_state(gw.clone())
+        .nest(crate::admin::api::PREFIX, crate::admin::api::router(gw))
 }
 
 /// Serves until SIGTERM/SIGINT, then drains: no new connections, calls in flight get

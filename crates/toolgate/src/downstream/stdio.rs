@@ -96,6 +96,7 @@ pub async fn run(opts: LocalOptions) -> Result<i32, String> {
         .map_err(|e| format!("cannot watch the policy file: {e}"))?;
     let grant = gw
         .grants
+        .load()
         .authenticate(None, LOCAL)
         .map_err(|_| "local grant missing".to_string())?;
     let (out, mut out_rx) = mpsc::channel::<Bytes>(1024);

@@ -103,6 +103,7 @@ pub fn admit(
         .get(http::header::AUTHORIZATION)
         .map(|v| v.as_bytes());
     gw.grants
+        .load()
         .authenticate(authorization, server)
         .map_err(|r| match r {
             DoorRefusal::Unauthenticated => Refused::new(
