@@ -45,6 +45,34 @@ pub struct Config {
     pub servers: Vec<ServerConfig>,
     pub grants: Vec<GrantConfig>,
     pub counters: CountersConfig,
+    pub audit: AuditConfig,
+    /// `[metrics]`-free: servers whose unreachability makes `/readyz` fail.
+    pub required_servers: Vec<String>,
+}
+
+/// `[audit]`: the audit trail (SPEC 7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    pub enabled: bool,
+    pub arguments: crate::audit::ArgumentsMode,
+    /// Extra regexes whose matches are masked, besides the built-in credential patterns.
+    pub secret_patterns: Vec<String>,
+    pub retention_days: u64,
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            enabled: true,
+            arguments: crate::audit::ArgumentsMode::Redacted,
+            secret_patterns: Vec::new(),
+            retention_days: 30,
+            max_bytes: 1024 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
+        }
+    }
 }
 
 /// `[counters]`: where limits are counted (SPEC 5).
@@ -133,6 +161,19 @@ struct RawConfig {
     #[serde(default)]
     grants: BTreeMap<String, RawGrant>,
     counters: Option<RawCounters>,
+    audit: Option<RawAudit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    enabled: Option<bool>,
+    arguments: Option<String>,
+    #[serde(default)]
+    secret_patterns: Vec<String>,
+    retention_days: Option<u64>,
+    max_mb: Option<u64>,
+    segment_mb: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -156,6 +197,9 @@ struct RawServer {
     #[serde(default)]
     headers: BTreeMap<String, String>,
     policy: Option<String>,
+    /// `/readyz` fails while this (HTTP) server cannot be reached.
+    #[serde(default)]
+    required: bool,
 }
 
 #[derive(Deserialize)]
@@ -202,6 +246,8 @@ impl Config {
                 backend: CounterBackend::Embedded,
                 on_error_allow: false,
             },
+            audit: AuditConfig::default(),
+            required_servers: Vec::new(),
         }
     }
 
@@ -269,7 +315,13 @@ impl Config {
         if let Some(c) = raw.counters {
             cfg.counters = counters_config(c, env)?;
         }
+        if let Some(a) = raw.audit {
+            cfg.audit = audit_config(a)?;
+        }
         for (name, server) in raw.servers {
+            if server.required {
+                cfg.required_servers.push(name.clone());
+            }
             cfg.servers.push(server_config(&name, server, base, env)?);
         }
         let mut anonymous_servers = BTreeMap::new();
@@ -457,6 +509,44 @@ fn server_config(
             None => None,
         },
     })
+}
+
+fn audit_config(a: RawAudit) -> Result<AuditConfig, ConfigError> {
+    use crate::audit::ArgumentsMode;
+    let mut cfg = AuditConfig::default();
+    if let Some(e) = a.enabled {
+        cfg.enabled = e;
+    }
+    cfg.arguments = match a.arguments.as_deref() {
+        None | Some("redacted") => ArgumentsMode::Redacted,
+        Some("keys") => ArgumentsMode::Keys,
+        Some("full") => ArgumentsMode::Full,
+        Some(other) => {
+            return Err(err(
+                "audit.arguments",
+                format!("must be \"keys\", \"redacted\" or \"full\", not {other:?}"),
+            ));
+        }
+    };
+    for (i, p) in a.secret_patterns.iter().enumerate() {
+        regex::Regex::new(p).map_err(|e| {
+            err(
+                &format!("audit.secret_patterns[{i}]"),
+                format!("not a valid regex: {e}"),
+            )
+        })?;
+    }
+    cfg.secret_patterns = a.secret_patterns;
+    if let Some(d) = a.retention_days {
+        cfg.retention_days = d.max(1);
+    }
+    if let Some(m) = a.max_mb {
+        cfg.max_bytes = m.max(1) * 1024 * 1024;
+    }
+    if let Some(m) = a.segment_mb {
+        cfg.segment_bytes = m.max(1) * 1024 * 1024;
+    }
+    Ok(cfg)
 }
 
 fn counters_config(c: RawCounters, env: &dyn Environment) -> Result<CountersConfig, ConfigError> {

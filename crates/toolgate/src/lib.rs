@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - `admin`: operator actions (grants, policy versions), the admin API and its client.
+//! - `audit`: the audit trail: records, redaction, the batched journal.
 //! - `answers`: what the gateway says itself: denials, unknown tools, filtered tool lists.
 //! - `config`: the TOML file, `${ENV}` expansion, its errors.
 //! - `counters`: limits counted per grant, session or server (embedded store or Redis).
@@ -21,6 +22,7 @@
 
 pub mod admin;
 pub mod answers;
+pub mod audit;
 pub mod config;
 pub mod counters;
 pub mod downstream;

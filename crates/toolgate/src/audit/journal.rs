@@ -1,0 +1,445 @@
+//! The audit journal: JSON lines in segment files `state_dir/audit/audit-<first seq>.jsonl`.
+//!
+//! One writer thread owns the files. The request path hands it a record and waits for the
+//! acknowledgement that the batch holding it was written; everything queued meanwhile goes in
+//! the same write (group commit). Records get their sequence numbers in the writer, in file
+//! order, so `tail --follow` can resume from the last number it saw. Segments roll at a size
+//! and are deleted by age and by total size (retention).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::oneshot;
+
+use super::record::{ArgumentsMode, AuditRecord, Redactor};
+
+const SYNC_EVERY: Duration = Duration::from_millis(100);
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+const MAX_BATCH: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AuditConfigError(pub String);
+
+/// `[audit]` as the journal needs it.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub enabled: bool,
+    pub dir: PathBuf,
+    pub arguments: ArgumentsMode,
+    pub secret_patterns: Vec<String>,
+    pub retention_days: u64,
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+}
+
+struct Job {
+    record: AuditRecord,
+    ack: oneshot::Sender<()>,
+}
+
+pub struct Audit {
+    tx: Option<mpsc::Sender<Job>>,
+    depth: Arc<AtomicUsize>,
+    pub redactor: Redactor,
+    pub arguments: ArgumentsMode,
+    pub dir: PathBuf,
+}
+
+/// What to read back.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// A grant id or label.
+    pub grant: Option<String>,
+    pub tool: Option<String>,
+    pub outcome: Option<String>,
+    /// RFC 3339 bounds on `time` (inclusive since, exclusive until).
+    pub since: Option<String>,
+    pub until: Option<String>,
+    /// Only records after this sequence number.
+    pub after_seq: Option<u64>,
+    /// At most this many, the newest ones.
+    pub limit: Option<usize>,
+}
+
+impl Query {
+    fn matches(&self, r: &AuditRecord) -> bool {
+        self.grant
+            .as_ref()
+            .is_none_or(|g| r.grant_id.as_deref() == Some(g) || r.grant_label.as_deref() == Some(g))
+            && self
+                .tool
+                .as_ref()
+                .is_none_or(|t| r.tool.as_deref() == Some(t))
+            && self
+                .outcome
+                .as_ref()
+                .is_none_or(|o| r.outcome.is_some_and(|x| x.as_str() == o))
+            && self
+                .since
+                .as_ref()
+                .is_none_or(|s| r.time.as_str() >= s.as_str())
+            && self
+                .until
+                .as_ref()
+                .is_none_or(|u| r.time.as_str() < u.as_str())
+            && self.after_seq.is_none_or(|s| r.seq > s)
+    }
+}
+
+impl Audit {
+    /// Opens the journal (starting its writer) or, when disabled, a sink that records nothing.
+    pub fn open(opts: Options) -> Result<Audit, AuditConfigError> {
+        let redactor = Redactor::new(&opts.secret_patterns).map_err(AuditConfigError)?;
+        let depth = Arc::new(AtomicUsize::new(0));
+        let mut audit = Audit {
+            tx: None,
+            depth: depth.clone(),
+            redactor,
+            arguments: opts.arguments,
+            dir: opts.dir.clone(),
+        };
+        if !opts.enabled {
+            return Ok(audit);
+        }
+        std::fs::create_dir_all(&opts.dir)
+            .map_err(|e| AuditConfigError(format!("cannot create {}: {e}", opts.dir.display())))?;
+        let last_seq = last_seq(&opts.dir);
+        let (tx, rx) = mpsc::channel::<Job>();
+        let writer = Writer::new(opts, last_seq).map_err(AuditConfigError)?;
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx, depth))
+            .map_err(|e| AuditConfigError(format!("cannot start the audit writer: {e}")))?;
+        audit.tx = Some(tx);
+        Ok(audit)
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Records awaiting their write.
+    pub fn queue_depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Hands a record to the writer and waits until it has been written.
+    pub async fn write(&self, record: AuditRecord) {
+        let Some(tx) = &self.tx else { return };
+        let (ack, done) = oneshot::channel();
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        if tx.send(Job { record, ack }).is_err() {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!("audit writer has stopped: a record was lost");
+            return;
+        }
+        let _ = done.await;
+    }
+
+    /// Reads records back (oldest first), from a journal directory.
+    pub fn read(dir: &Path, query: &Query) -> Vec<AuditRecord> {
+        let mut out = Vec::new();
+        for segment in segments(dir) {
+            let Ok(file) = File::open(&segment) else {
+                continue;
+            };
+            for line in BufReader::new(file).lines() {
+                let Ok(line) = line else { break };
+                // A torn last line (a crash mid-write of an unanswered call) is skipped.
+                if let Ok(r) = serde_json::from_str::<AuditRecord>(&line)
+                    && query.matches(&r)
+                {
+                    out.push(r);
+                }
+            }
+        }
+        if let Some(limit) = query.limit
+            && out.len() > limit
+        {
+            out.drain(..out.len() - limit);
+        }
+        out
+    }
+}
+
+/// Segment files, oldest first (their names sort by first sequence number).
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("audit-") && n.ends_with(".jsonl"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn last_seq(dir: &Path) -> u64 {
+    let Some(last) = segments(dir).pop() else {
+        return 0;
+    };
+    let Ok(file) = File::open(&last) else {
+        return 0;
+    };
+    BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<AuditRecord>(&l).ok())
+        .map(|r| r.seq)
+        .max()
+        .unwrap_or(0)
+}
+
+struct Writer {
+    opts: Options,
+    seq: u64,
+    file: File,
+    size: u64,
+    last_sync: Instant,
+    dirty: bool,
+    last_retention: Instant,
+}
+
+impl Writer {
+    fn new(opts: Options, seq: u64) -> Result<Writer, String> {
+        let (file, size) = open_segment(&opts.dir, seq + 1)?;
+        Ok(Writer {
+            opts,
+            seq,
+            file,
+            size,
+            last_sync: Instant::now(),
+            dirty: false,
+            last_retention: Instant::now() - RETENTION_EVERY,
+        })
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Job>, depth: Arc<AtomicUsize>) {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        loop {
+            let first = match rx.recv_timeout(SYNC_EVERY) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.housekeeping();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter().take(MAX_BATCH));
+            buf.clear();
+            for job in &mut batch {
+                self.seq += 1;
+                job.record.seq = self.seq;
+                serde_json::to_writer(&mut buf, &job.record).expect("records serialize");
+                buf.push(b'\n');
+            }
+            if let Err(e) = self.file.write_all(&buf) {
+                tracing::error!("cannot write the audit journal: {e}");
+            }
+            self.size += buf.len() as u64;
+            self.dirty = true;
+            depth.fetch_sub(batch.len(), Ordering::Relaxed);
+            for job in batch {
+                let _ = job.ack.send(());
+            }
+            self.housekeeping();
+        }
+        self.sync();
+    }
+
+    fn sync(&mut self) {
+        if self.dirty {
+            if let Err(e) = self.file.sync_data() {
+                tracing::error!("cannot sync the audit journal: {e}");
+            }
+            self.dirty = false;
+        }
+        self.last_sync = Instant::now();
+    }
+
+    fn housekeeping(&mut self) {
+        if self.last_sync.elapsed() >= SYNC_EVERY {
+            self.sync();
+        }
+        if self.size >= self.opts.segment_bytes {
+            self.sync();
+            match open_segment(&self.opts.dir, self.seq + 1) {
+                Ok((file, size)) => {
+                    self.file = file;
+                    self.size = size;
+                }
+                Err(e) => tracing::error!("cannot start a new audit segment: {e}"),
+            }
+        }
+        if self.last_retention.elapsed() >= RETENTION_EVERY {
+            self.last_retention = Instant::now();
+            self.retention();
+        }
+    }
+
+    /// Deletes whole segments past the age or total-size limit, never the one being written.
+    fn retention(&self) {
+        let mut files = segments(&self.opts.dir);
+        files.pop();
+        let max_age = Duration::from_secs(self.opts.retention_days * 86_400);
+        let mut sizes: Vec<(PathBuf, u64, SystemTime)> = files
+            .into_iter()
+            .filter_map(|p| {
+                let m = std::fs::metadata(&p).ok()?;
+                Some((p, m.len(), m.modified().ok()?))
+            })
+            .collect();
+        let mut total: u64 = sizes.iter().map(|s| s.1).sum::<u64>() + self.size;
+        sizes.reverse();
+        while let Some((path, len, modified)) = sizes.pop() {
+            let too_old = modified.elapsed().is_ok_and(|age| age > max_age);
+            if !(too_old || total > self.opts.max_bytes) {
+                break;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    total -= len;
+                    tracing::info!(segment = %path.display(), "audit segment removed by retention");
+                }
+                Err(e) => {
+                    tracing::error!(segment = %path.display(), "cannot remove audit segment: {e}")
+                }
+            }
+        }
+    }
+}
+
+fn open_segment(dir: &Path, first_seq: u64) -> Result<(File, u64), String> {
+    // Appending to the newest segment if it has room keeps small restarts in one file.
+    let path = segments(dir)
+        .pop()
+        .unwrap_or_else(|| dir.join(format!("audit-{first_seq:020}.jsonl")));
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // A crash mid-write can leave a torn last line: end it, so the next record starts clean.
+    if size > 0 && !ends_with_newline(&path) {
+        let mut f = &file;
+        f.write_all(b"\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        size += 1;
+    }
+    Ok((file, size))
+}
+
+fn ends_with_newline(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = File::open(path) else {
+        return true;
+    };
+    let mut last = [0u8; 1];
+    f.seek(SeekFrom::End(-1)).is_ok() && f.read_exact(&mut last).is_ok() && last[0] == b'\n'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(dir: &Path) -> Options {
+        Options {
+            enabled: true,
+            dir: dir.to_path_buf(),
+            arguments: ArgumentsMode::Redacted,
+            secret_patterns: vec![],
+            retention_days: 30,
+            max_bytes: u64::MAX,
+            segment_bytes: 64 * 1024 * 1024,
+        }
+    }
+
+    fn rec(tool: &str) -> AuditRecord {
+        AuditRecord {
+            time: "2026-11-26T00:00:00.000Z".into(),
+            server: "s".into(),
+            tool: Some(tool.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn written_before_acknowledged_numbered_and_continued_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        {
+            let audit = Audit::open(options(dir.path())).unwrap();
+            rt.block_on(async {
+                futures_util::future::join_all((0..50).map(|i| audit.write(rec(&format!("t{i}")))))
+                    .await;
+            });
+            // Acknowledged means written: readable now, before any sync or shutdown.
+            let all = Audit::read(dir.path(), &Query::default());
+            assert_eq!(all.len(), 50);
+            let seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
+            assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let audit = Audit::open(options(dir.path())).unwrap();
+        rt.block_on(audit.write(rec("after")));
+        let q = Query {
+            tool: Some("after".into()),
+            ..Default::default()
+        };
+        assert_eq!(Audit::read(dir.path(), &q)[0].seq, 51);
+        let q = Query {
+            after_seq: Some(48),
+            limit: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(
+            Audit::read(dir.path(), &q)
+                .iter()
+                .map(|r| r.seq)
+                .collect::<Vec<_>>(),
+            vec![50, 51]
+        );
+    }
+
+    #[test]
+    fn torn_lines_are_skipped_and_disabled_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("audit-00000000000000000001.jsonl"), b"{\"seq\":1,\"time\":\"t\",\"request_id\":\"r\",\"server\":\"s\",\"argument_keys\":[],\"http_status\":200,\"decision_us\":0}\n{\"seq\":2,\"ti").unwrap();
+        assert_eq!(Audit::read(dir.path(), &Query::default()).len(), 1);
+        // A writer opened after the crash ends the torn line and appends cleanly.
+        let audit = Audit::open(options(dir.path())).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(audit.write(rec("next")));
+        let all = Audit::read(dir.path(), &Query::default());
+        assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
+        let off = Audit::open(Options {
+            enabled: false,
+            ..options(&dir.path().join("off"))
+        })
+        .unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(off.write(rec("x")));
+        assert!(!dir.path().join("off").exists());
+    }
+}

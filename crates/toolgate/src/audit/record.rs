@@ -1,0 +1,262 @@
+//! One audit record, and the redaction of the arguments that go into it.
+//!
+//! Secrets are masked in every mode: values under keys that name secrets (token, password,
+//! api_key, authorization...) and strings that look like credentials (bearer strings, JWTs,
+//! `tg_` tokens, cloud keys), plus any pattern the operator configures.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// What the gateway did with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Forwarded and answered by the upstream.
+    Allow,
+    /// Denied by a rule, the default, or the lack of a policy.
+    Deny,
+    /// A hidden tool, answered as unknown.
+    Hidden,
+    /// A tool the upstream never listed, answered as unknown.
+    Unknown,
+    /// Over a rate limit.
+    Limited,
+    /// Refused before any decision: 401, 403, 404, 413, malformed JSON-RPC...
+    Refused,
+    /// Forwarded, but the upstream failed (JSON-RPC error, unreachable, died).
+    UpstreamError,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::Hidden => "hidden",
+            Outcome::Unknown => "unknown",
+            Outcome::Limited => "limited",
+            Outcome::Refused => "refused",
+            Outcome::UpstreamError => "upstream_error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Position in the trail, from 1.
+    #[serde(default)]
+    pub seq: u64,
+    /// RFC 3339 time the request arrived (UTC, milliseconds).
+    pub time: String,
+    pub request_id: String,
+    pub grant_id: Option<String>,
+    pub grant_label: Option<String>,
+    pub session: Option<String>,
+    pub server: String,
+    pub method: Option<String>,
+    pub tool: Option<String>,
+    pub argument_keys: Vec<String>,
+    /// Per `[audit] arguments`; absent in `keys` mode.
+    pub arguments: Option<Value>,
+    pub outcome: Option<Outcome>,
+    pub rule: Option<String>,
+    pub policy_version: Option<u64>,
+    /// The HTTP status the agent got.
+    pub http_status: u16,
+    /// What the upstream answered: `ok`, `error <code>`, `is_error`, `http <status>`, or none.
+    pub upstream_status: Option<String>,
+    /// Time to decide (microseconds).
+    pub decision_us: u64,
+    /// Time the upstream took (microseconds), when it was called.
+    pub upstream_us: Option<u64>,
+    /// Why a refused request was refused.
+    pub message: Option<String>,
+}
+
+/// How much of the arguments an audit record keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArgumentsMode {
+    /// Only the argument names.
+    Keys,
+    /// Values, with secrets masked and long strings cut at 256 characters (the default).
+    #[default]
+    Redacted,
+    /// Values in full, with secrets masked.
+    Full,
+}
+
+pub const MASK: &str = "[REDACTED]";
+const CUT_AT: usize = 256;
+
+/// Names and values that are secrets.
+pub struct Redactor {
+    secret_keys: regex::Regex,
+    secret_values: regex::RegexSet,
+}
+
+/// Argument names whose values are secrets.
+const SECRET_KEYS: &str = r"(?i)(pass(word|wd|phrase)?|secret|token|api[_-]?key|apikey|auth(orization)?|credential|cookie|session[_-]?id|private[_-]?key|access[_-]?key|signature)";
+
+/// Values that are credentials whatever their key.
+const SECRET_VALUES: &[&str] = &[
+    r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}",
+    r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+    r"\btga?_[A-Za-z0-9_-]{20,}",
+    r"\b(sk|pk|rk)[-_](live|test|proj)?[-_]?[A-Za-z0-9]{16,}",
+    r"\bAKIA[0-9A-Z]{16}\b",
+    r"\bgh[pousr]_[A-Za-z0-9]{30,}",
+    r"\bxox[abpr]-[A-Za-z0-9-]{10,}",
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
+];
+
+impl Redactor {
+    /// The built-in patterns plus the operator's (`[audit] secret_patterns`).
+    pub fn new(extra: &[String]) -> Result<Redactor, String> {
+        let mut values: Vec<String> = SECRET_VALUES.iter().map(|s| s.to_string()).collect();
+        for p in extra {
+            regex::Regex::new(p)
+                .map_err(|e| format!("audit.secret_patterns: {p:?} is not a valid regex: {e}"))?;
+            values.push(p.clone());
+        }
+        Ok(Redactor {
+            secret_keys: regex::Regex::new(SECRET_KEYS).expect("built-in pattern compiles"),
+            secret_values: regex::RegexSet::new(&values).map_err(|e| e.to_string())?,
+        })
+    }
+
+    pub fn is_secret_key(&self, key: &str) -> bool {
+        self.secret_keys.is_match(key)
+    }
+
+    pub fn is_secret_value(&self, s: &str) -> bool {
+        self.secret_values.is_match(s)
+    }
+
+    /// The arguments as a record keeps them in `mode` (None in `keys` mode).
+    pub fn arguments(&self, args: &Value, mode: ArgumentsMode) -> Option<Value> {
+        match mode {
+            ArgumentsMode::Keys => None,
+            ArgumentsMode::Redacted => Some(self.mask(args, true)),
+            ArgumentsMode::Full => Some(self.mask(args, false)),
+        }
+    }
+
+    fn mask(&self, v: &Value, cut: bool) -> Value {
+        match v {
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .map(|(k, v)| {
+                        let masked = if self.is_secret_key(k) && !v.is_object() && !v.is_array() {
+                            Value::String(MASK.into())
+                        } else {
+                            self.mask(v, cut)
+                        };
+                        (k.clone(), masked)
+                    })
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.iter().map(|i| self.mask(i, cut)).collect()),
+            Value::String(s) if self.is_secret_value(s) => Value::String(MASK.into()),
+            Value::String(s) if cut && s.chars().count() > CUT_AT => Value::String(format!(
+                "{}… ({} chars)",
+                s.chars().take(CUT_AT).collect::<String>(),
+                s.chars().count()
+            )),
+            other => other.clone(),
+        }
+    }
+}
+
+/// The top-level argument names, with secret-looking names kept (a name is not a secret).
+pub fn argument_keys(args: &Value) -> Vec<String> {
+    match args {
+        Value::Object(m) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// RFC 3339 UTC with milliseconds, from a Unix time in milliseconds.
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm): no date crate needed for one format.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secrets_are_masked_in_every_mode() {
+        let r = Redactor::new(&["INTERNAL-[0-9]{4}".into()]).unwrap();
+        let args = json!({
+            "query": "select 1",
+            "api_key": "plain-looking",
+            "nested": {"password": "hunter2", "note": "Bearer abcdefghijklmnop"},
+            "list": ["ok", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"],
+            "ticket": "INTERNAL-1234",
+            "token_count": 5
+        });
+        for mode in [ArgumentsMode::Redacted, ArgumentsMode::Full] {
+            let out = r.arguments(&args, mode).unwrap().to_string();
+            for secret in [
+                "plain-looking",
+                "hunter2",
+                "abcdefghijklmnop",
+                "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
+                "INTERNAL-1234",
+            ] {
+                assert!(!out.contains(secret), "{mode:?} leaked {secret}: {out}");
+            }
+            assert!(out.contains("select 1"));
+        }
+        assert_eq!(r.arguments(&args, ArgumentsMode::Keys), None);
+        assert!(Redactor::new(&["(".into()]).is_err());
+    }
+
+    #[test]
+    fn redacted_cuts_long_strings_full_does_not() {
+        let r = Redactor::new(&[]).unwrap();
+        let long = "x".repeat(1000);
+        let args = json!({"body": long});
+        assert!(
+            r.arguments(&args, ArgumentsMode::Redacted).unwrap()["body"]
+                .as_str()
+                .unwrap()
+                .len()
+                < 300
+        );
+        assert_eq!(
+            r.arguments(&args, ArgumentsMode::Full).unwrap()["body"]
+                .as_str()
+                .unwrap()
+                .len(),
+            1000
+        );
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_674_840_123), "2026-11-26T06:34:00.123Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}
