@@ -61,6 +61,10 @@ pub struct Gateway {
     /// so that grants never share a process.
     pub stateless_stdio: DashMap<Arc<str>, Arc<StdioSession>>,
     pub hosts: HostCheck,
+    /// The audit trail.
+    pub audit: crate::audit::Audit,
+    /// The Prometheus exposition of this process's metrics.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Cancelled on SIGTERM/SIGINT: long-lived streams end so the server can drain.
     pub shutdown: CancellationToken,
 }
@@ -112,7 +116,19 @@ impl Gateway {
                 (s.name.clone(), upstream)
             })
             .collect();
+        let audit = crate::audit::Audit::open(crate::audit::journal::Options {
+            enabled: config.audit.enabled,
+            dir: config.state_dir.join("audit"),
+            arguments: config.audit.arguments,
+            secret_patterns: config.audit.secret_patterns.clone(),
+            retention_days: config.audit.retention_days,
+            max_bytes: config.audit.max_bytes,
+            segment_bytes: config.audit.segment_bytes,
+        })
+        .map_err(|e| e.0)?;
         let gw = Gateway {
+            audit,
+            metrics: crate::telemetry::install(),
             counters,
             grants: ArcSwap::from_pointee(GrantTable::default()),
             policies,
@@ -232,6 +248,61 @@ impl Gateway {
             && let Err(e) = store.save()
         {
             tracing::error!("cannot save counters: {e}");
+        }
+    }
+}
+
+impl Gateway {
+    /// Whether the counter store answers (always, for the embedded one).
+    pub async fn counters_ready(&self) -> Result<(), String> {
+        match &*self.counters {
+            Counters::Embedded(_) => Ok(()),
+            Counters::Redis(r) => r.ping().await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Whether a server can be reached: an HTTP server accepts a TCP connection; a stdio
+    /// server's command can be found.
+    pub async fn upstream_ready(&self, name: &str) -> Result<(), String> {
+        match self
+            .config
+            .servers
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| &s.transport)
+        {
+            Some(crate::config::TransportConfig::Http { url, .. }) => {
+                let host = url.host_str().unwrap_or("localhost").to_string();
+                let port = url.port_or_known_default().unwrap_or(80);
+                match tokio::time::timeout(
+                    std::time::Duration::from_secs(2),
+                    tokio::net::TcpStream::connect((host.as_str(), port)),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(format!("unreachable: {e}")),
+                    Err(_) => Err("unreachable: connection timed out".into()),
+                }
+            }
+            Some(crate::config::TransportConfig::Stdio { command, cwd, .. }) => {
+                let path = std::path::Path::new(command);
+                let found = if path.components().count() > 1 {
+                    cwd.as_ref()
+                        .map_or(path.to_path_buf(), |c| c.join(path))
+                        .exists()
+                } else {
+                    std::env::var_os("PATH").is_some_and(|p| {
+                        std::env::split_paths(&p).any(|d| d.join(command).exists())
+                    })
+                };
+                if found {
+                    Ok(())
+                } else {
+                    Err(format!("command {command:?} not found"))
+                }
+            }
+            None => Err("not configured".into()),
         }
     }
 }

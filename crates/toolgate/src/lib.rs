@@ -12,6 +12,7 @@
 //! - `pipeline`: the request path of SPEC 3, one named step per function.
 //! - `policies`: policy files, compiled once per version, watched and swapped atomically.
 //! - `session`: the session table, grant binding, idle expiry.
+//! - `telemetry`: Prometheus metrics.
 //! - `state`: the state store (grants, policy versions): SQLite under `state_dir`.
 //! - `downstream`: the agent-facing transports (`http`: Streamable HTTP; `rebinding`: Host/Origin).
 //! - `upstream`: the server-facing transports (`stdio` children, `http` Streamable HTTP).
@@ -19,6 +20,9 @@
 //! - `server`: routes, accept loop, shutdown.
 //!
 //! The policy engine lives in its own crate, `toolgate-policy`, pure and free of I/O.
+
+// The admin API's OpenAPI document is one large `json!` literal.
+#![recursion_limit = "512"]
 
 pub mod admin;
 pub mod answers;
@@ -34,4 +38,5 @@ pub mod policies;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod telemetry;
 pub mod upstream;

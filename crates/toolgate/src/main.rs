@@ -65,6 +65,13 @@ enum Command {
         #[command(subcommand)]
         command: GrantCommand,
     },
+    /// The audit trail: one record per tools/call and per refused request.
+    Audit {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Local mode: a stdio MCP server for a local client, with the policy in front of the
     /// server it wraps (`-- COMMAND ARGS...`) or of a remote one (`--upstream URL`).
     Run {
@@ -106,6 +113,49 @@ struct Target {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// The newest records (and, with --follow, new ones as they come).
+    Tail {
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Records matching filters.
+    Query {
+        #[command(flatten)]
+        filter: AuditFilter,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Every record matching the filters, as JSON lines.
+    Export {
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl"])]
+        format: String,
+        #[command(flatten)]
+        filter: AuditFilter,
+    },
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct AuditFilter {
+    /// A grant id or label.
+    #[arg(long)]
+    grant: Option<String>,
+    #[arg(long)]
+    tool: Option<String>,
+    /// allow, deny, hidden, unknown, limited, refused, upstream_error.
+    #[arg(long)]
+    outcome: Option<String>,
+    /// RFC 3339 time (inclusive), e.g. 2026-11-26T00:00:00Z.
+    #[arg(long)]
+    since: Option<String>,
+    /// RFC 3339 time (exclusive).
+    #[arg(long)]
+    until: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -238,6 +288,7 @@ fn main() -> ExitCode {
         } => policy_check(&file, server.as_deref(), &config),
         Command::Policy { command } => operator::policy(command),
         Command::Grant { target, command } => operator::grant(target, command),
+        Command::Audit { target, command } => operator::audit(target, command),
         Command::Run {
             policy,
             state,

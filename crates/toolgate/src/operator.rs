@@ -13,7 +13,7 @@ use toolgate::admin::{
 use toolgate::config::{Config, Environment};
 use toolgate::state::sqlite::SqliteStore;
 
-use crate::{GrantCommand, PolicyCommand, Target, fail, runtime};
+use crate::{AuditCommand, AuditFilter, GrantCommand, PolicyCommand, Target, fail, runtime};
 
 /// The config's `${VAR}`s as far as the operator commands care: they never use grant tokens
 /// or server credentials, so an unset variable must not stop them.
@@ -254,6 +254,113 @@ pub fn policy(command: PolicyCommand) -> ExitCode {
                     d.clone()
                 }
             })
+        }
+    }
+}
+
+fn query(f: &AuditFilter) -> toolgate::audit::Query {
+    toolgate::audit::Query {
+        grant: f.grant.clone(),
+        tool: f.tool.clone(),
+        outcome: f.outcome.clone(),
+        since: f.since.clone(),
+        until: f.until.clone(),
+        ..Default::default()
+    }
+}
+
+fn audit_line(r: &toolgate::audit::AuditRecord, json: bool) -> String {
+    if json {
+        return serde_json::to_string(r).expect("records serialize") + "\n";
+    }
+    format!(
+        "{:>6} {} {:<10} {:<14} {:<12} {:<20} {} {}\n",
+        r.seq,
+        r.time,
+        r.outcome.map_or("-", |o| o.as_str()),
+        r.grant_label.as_deref().unwrap_or("-"),
+        r.server,
+        r.tool.as_deref().or(r.method.as_deref()).unwrap_or("-"),
+        r.rule.as_deref().unwrap_or(""),
+        r.message.as_deref().unwrap_or(""),
+    )
+}
+
+pub fn audit(target: Target, command: AuditCommand) -> ExitCode {
+    let via = match via(&target) {
+        Ok(v) => v,
+        Err(e) => return fail(e, 2),
+    };
+    let rt = runtime();
+    let fetch =
+        |q: &toolgate::audit::Query| -> Result<Vec<toolgate::audit::AuditRecord>, AdminError> {
+            match &via {
+                Via::Api(c) => rt.block_on(c.audit(q)),
+                Via::Direct(a) => Ok(a.audit(q)),
+            }
+        };
+    let print = |records: &[toolgate::audit::AuditRecord], json: bool| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for r in records {
+            let _ = out.write_all(audit_line(r, json).as_bytes());
+        }
+        let _ = out.flush();
+    };
+    match command {
+        AuditCommand::Tail { lines, follow } => {
+            let mut q = toolgate::audit::Query {
+                limit: Some(lines),
+                ..Default::default()
+            };
+            loop {
+                match fetch(&q) {
+                    Ok(records) => {
+                        print(&records, target.json);
+                        if let Some(last) = records.last() {
+                            q.after_seq = Some(last.seq);
+                        }
+                    }
+                    Err(e) => return fail(e, 1),
+                }
+                if !follow {
+                    return ExitCode::SUCCESS;
+                }
+                q.limit = Some(10_000);
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        }
+        AuditCommand::Query { filter, limit } => {
+            let q = toolgate::audit::Query {
+                limit: Some(limit),
+                ..query(&filter)
+            };
+            match fetch(&q) {
+                Ok(records) => {
+                    print(&records, target.json);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e, 1),
+            }
+        }
+        AuditCommand::Export { format: _, filter } => {
+            // Page through by sequence number, so an export of any size stays bounded in memory.
+            let mut q = toolgate::audit::Query {
+                limit: Some(10_000),
+                ..query(&filter)
+            };
+            q.after_seq = Some(0);
+            loop {
+                let page = fetch(&q);
+                match page {
+                    Ok(records) if records.is_empty() => return ExitCode::SUCCESS,
+                    Ok(records) => {
+                        print(&records, true);
+                        q.after_seq = records.last().map(|r| r.seq);
+                    }
+                    Err(e) => return fail(e, 1),
+                }
+            }
         }
     }
 }

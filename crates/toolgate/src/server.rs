@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+
+use crate::state::StateStore;
 use axum::routing::get;
 
 use crate::downstream::http as mcp;
@@ -15,6 +17,8 @@ const REAP_EVERY: Duration = Duration::from_secs(30);
 pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route(
             "/mcp/{server}",
             get(mcp::get).post(mcp::post).delete(mcp::delete),
@@ -59,6 +63,67 @@ pub async fn serve(gw: Arc<Gateway>, listener: tokio::net::TcpListener) -> std::
     tokio::time::sleep(Duration::from_millis(200)).await;
     tracing::info!(sessions = count, "stopped");
     Ok(())
+}
+
+async fn metrics(
+    axum::extract::State(gw): axum::extract::State<Arc<Gateway>>,
+    headers: http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    // The same Host check as everywhere: tool and server names are not for rebinding pages.
+    if !headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|h| gw.hosts.host_allowed(h))
+    {
+        return (http::StatusCode::FORBIDDEN, "Host not allowed\n").into_response();
+    }
+    let text = crate::telemetry::render(&gw.metrics, gw.sessions.len(), gw.audit.queue_depth());
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
+}
+
+/// Ready when the state store answers, the counter store answers (Redis), and every server
+/// marked `required` accepts a connection.
+async fn readyz(
+    axum::extract::State(gw): axum::extract::State<Arc<Gateway>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut checks = serde_json::Map::new();
+    let g = gw.clone();
+    let store =
+        tokio::task::spawn_blocking(move || g.state.data_version().map(|_| ()).map_err(|e| e.0))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+    checks.insert("state_store".into(), check(store));
+    checks.insert("counter_store".into(), check(gw.counters_ready().await));
+    for name in &gw.config.required_servers {
+        checks.insert(
+            format!("server:{name}"),
+            check(gw.upstream_ready(name).await),
+        );
+    }
+    let ready = checks.values().all(|v| v == "ok");
+    let status = if ready {
+        http::StatusCode::OK
+    } else {
+        http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({"ready": ready, "checks": checks})),
+    )
+        .into_response()
+}
+
+fn check(r: Result<(), String>) -> serde_json::Value {
+    match r {
+        Ok(()) => "ok".into(),
+        Err(e) => e.into(),
+    }
 }
 
 async fn reap_idle_sessions(gw: Arc<Gateway>) {

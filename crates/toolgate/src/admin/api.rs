@@ -39,6 +39,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/grants/{id}/rotate", post(rotate))
         .route("/grants/{id}/revoke", post(revoke))
         .route("/policies/validate", post(validate))
+        .route("/audit", get(audit))
         .route_layer(axum::middleware::from_fn_with_state(
             gw.clone(),
             authenticate,
@@ -324,4 +325,34 @@ async fn revoke(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> Respo
 async fn validate(body: Bytes) -> Response {
     let text = String::from_utf8_lossy(&body);
     json(StatusCode::OK, Admin::validate(&text))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    grant: Option<String>,
+    tool: Option<String>,
+    outcome: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    after_seq: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Records matching the filters, oldest first: the newest `limit` (default 100, at most
+/// 10 000), or with `after_seq` the oldest `limit` after it (to page forward).
+async fn audit(State(gw): State<Arc<Gateway>>, Query(p): Query<AuditParams>) -> Response {
+    let query = crate::audit::Query {
+        grant: p.grant,
+        tool: p.tool,
+        outcome: p.outcome,
+        since: p.since,
+        until: p.until,
+        after_seq: p.after_seq,
+        limit: Some(p.limit.unwrap_or(100).min(10_000)),
+    };
+    reply(
+        StatusCode::OK,
+        run(&gw, false, move |a| Ok(a.audit(&query))).await,
+    )
 }

@@ -156,6 +156,30 @@ impl AdminClient {
         self.call(Method::GET, &path, None).await
     }
 
+    pub async fn audit(
+        &self,
+        q: &crate::audit::Query,
+    ) -> Result<Vec<crate::audit::AuditRecord>, AdminError> {
+        let mut params = Vec::new();
+        for (k, v) in [
+            ("grant", &q.grant),
+            ("tool", &q.tool),
+            ("outcome", &q.outcome),
+            ("since", &q.since),
+            ("until", &q.until),
+        ] {
+            if let Some(v) = v {
+                params.push(format!("{k}={}", utf8_percent(v)));
+            }
+        }
+        if let Some(s) = q.after_seq {
+            params.push(format!("after_seq={s}"));
+        }
+        params.push(format!("limit={}", q.limit.unwrap_or(100)));
+        self.call(Method::GET, &format!("/audit?{}", params.join("&")), None)
+            .await
+    }
+
     pub async fn validate(&self, document: &str) -> Result<Validation, AdminError> {
         self.call(
             Method::POST,

@@ -399,6 +399,11 @@ impl Admin {
         Ok(diff_text(&a, &b))
     }
 
+    /// Audit records matching `query`, oldest first.
+    pub fn audit(&self, query: &crate::audit::Query) -> Vec<crate::audit::AuditRecord> {
+        crate::audit::Audit::read(&self.config.state_dir.join("audit"), query)
+    }
+
     /// Checks a document without storing it.
     pub fn validate(document: &str) -> Validation {
         match Policy::parse(document) {

@@ -101,6 +101,17 @@ pub fn document() -> Value {
                 "parameters": [id_param],
                 "responses": common(m(vec![("200", ok("The revoked grant", r("Grant"))), ("404", not_found.clone()),
                     ("409", error_response("A config grant, or already revoked"))]))}},
+            "/audit": {"get": {"operationId": "queryAudit", "summary": "Audit records, oldest first (the newest `limit`)",
+                "parameters": [
+                    {"name": "grant", "in": "query", "required": false, "schema": {"type": "string"}, "description": "A grant id or label"},
+                    {"name": "tool", "in": "query", "required": false, "schema": {"type": "string"}},
+                    {"name": "outcome", "in": "query", "required": false, "schema": {"type": "string"}},
+                    {"name": "since", "in": "query", "required": false, "schema": {"type": "string"}, "description": "RFC 3339, inclusive"},
+                    {"name": "until", "in": "query", "required": false, "schema": {"type": "string"}, "description": "RFC 3339, exclusive"},
+                    {"name": "after_seq", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}}
+                ],
+                "responses": common(m(vec![("200", ok("Records", list_of("AuditRecord"))), ("400", error_response("Bad request"))]))}},
             "/policies/validate": {"post": {"operationId": "validatePolicy", "summary": "Check a document without storing it",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {}}}},
                 "responses": common(m(vec![("200", ok("Errors and warnings", r("Validation")))]))}},
@@ -134,6 +145,18 @@ pub fn document() -> Value {
                     "document": {"type": "object"}}},
                 "VersionInfo": {"type": "object", "required": ["version", "created_at"], "properties": {
                     "version": {"type": "integer", "minimum": 1}, "created_at": {"type": "integer"}}},
+                "AuditRecord": {"type": "object", "required": ["seq", "time", "request_id", "server", "argument_keys", "http_status", "decision_us"],
+                    "properties": {
+                        "seq": {"type": "integer"}, "time": {"type": "string"}, "request_id": {"type": "string"},
+                        "grant_id": {"type": ["string", "null"]}, "grant_label": {"type": ["string", "null"]},
+                        "session": {"type": ["string", "null"]}, "server": {"type": "string"},
+                        "method": {"type": ["string", "null"]}, "tool": {"type": ["string", "null"]},
+                        "argument_keys": {"type": "array", "items": {"type": "string"}},
+                        "arguments": {}, "outcome": {"type": ["string", "null"]},
+                        "rule": {"type": ["string", "null"]}, "policy_version": {"type": ["integer", "null"]},
+                        "http_status": {"type": "integer"}, "upstream_status": {"type": ["string", "null"]},
+                        "decision_us": {"type": "integer"}, "upstream_us": {"type": ["integer", "null"]},
+                        "message": {"type": ["string", "null"]}}},
                 "Validation": {"type": "object", "required": ["valid", "errors", "warnings"], "properties": {
                     "valid": {"type": "boolean"}, "errors": {"type": "array", "items": r("Problem")},
                     "warnings": {"type": "array", "items": r("Problem")}}}

@@ -63,7 +63,8 @@ pub struct Query {
     pub until: Option<String>,
     /// Only records after this sequence number.
     pub after_seq: Option<u64>,
-    /// At most this many, the newest ones.
+    /// At most this many: the oldest ones after `after_seq` when it is given (paging
+    /// forward), else the newest ones.
     pub limit: Option<usize>,
 }
 
@@ -162,7 +163,11 @@ impl Audit {
         if let Some(limit) = query.limit
             && out.len() > limit
         {
-            out.drain(..out.len() - limit);
+            if query.after_seq.is_some() {
+                out.truncate(limit);
+            } else {
+                out.drain(..out.len() - limit);
+            }
         }
         out
     }
@@ -409,12 +414,24 @@ mod tests {
             limit: Some(2),
             ..Default::default()
         };
-        assert_eq!(
-            Audit::read(dir.path(), &q)
+        let seqs = |q: &Query| {
+            Audit::read(dir.path(), q)
                 .iter()
                 .map(|r| r.seq)
-                .collect::<Vec<_>>(),
-            vec![50, 51]
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            seqs(&q),
+            vec![49, 50],
+            "pages forward after a sequence number"
+        );
+        assert_eq!(
+            seqs(&Query {
+                limit: Some(2),
+                ..Default::default()
+            }),
+            vec![50, 51],
+            "else the newest"
         );
     }
 

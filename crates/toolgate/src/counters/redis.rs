@@ -120,6 +120,18 @@ impl RedisStore {
         Ok(manager.clone())
     }
 
+    /// Whether Redis answers a PING.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let pong: Result<String, _> = tokio::time::timeout(
+            RESPONSE_TIMEOUT * 2,
+            redis::cmd("PING").query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| StoreError("Redis did not answer in time".into()))?;
+        pong.map(|_| ()).map_err(|e| StoreError(e.to_string()))
+    }
+
     fn key(k: &CounterKey) -> String {
         format!("toolgate:{{{}}}:{}", k.server, k.text())
     }

@@ -13,6 +13,9 @@ use futures_util::StreamExt;
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
 
+use tracing::Instrument;
+
+use super::trail::{Trail, new_request_id};
 use crate::answers;
 use crate::gateway::Gateway;
 use crate::jsonrpc;
@@ -45,7 +48,34 @@ pub async fn post(
     Path(server): Path<String>,
     request: Request,
 ) -> Response {
+    let request_id = new_request_id();
+    let span = tracing::info_span!("request", request_id = %request_id, server = %server, method = tracing::field::Empty);
+    let mut response = handle_post(gw, server, request, &request_id)
+        .instrument(span)
+        .await;
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+/// The POST path: every refusal is audited, and a `tools/call`'s record is written before
+/// its answer leaves.
+async fn handle_post(
+    gw: Arc<Gateway>,
+    server: String,
+    request: Request,
+    request_id: &str,
+) -> Response {
+    let mut trail = Trail::start(&server, request_id);
     let (parts, body) = request.into_parts();
+    macro_rules! refuse {
+        ($r:expr) => {{
+            let r = $r;
+            trail.refused(&gw, &r).await;
+            return r.into_response();
+        }};
+    }
     let grant = match pipeline::admit(
         &gw,
         &server,
@@ -53,39 +83,44 @@ pub async fn post(
         parts.uri.authority().map(|a| a.as_str()),
     ) {
         Ok(g) => g,
-        Err(r) => return r.into_response(),
+        Err(r) => refuse!(r),
     };
+    trail.grant(&grant);
     if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
         if !ct.starts_with("application/json") {
-            return Refused::new(
+            refuse!(Refused::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 jsonrpc::INVALID_REQUEST,
                 "Unsupported Media Type: Content-Type must be application/json",
-            )
-            .into_response();
+            ));
         }
     }
     let body = match read_body(body, &parts.headers, gw.config.max_body_bytes).await {
         Ok(b) => b,
-        Err(r) => return r.into_response(),
+        Err(r) => refuse!(r),
     };
     let msg = match pipeline::read_message(&body) {
         Ok(m) => m,
-        Err(r) => return r.into_response(),
+        Err(r) => refuse!(r),
     };
+    trail.method(msg.envelope.method());
+    tracing::Span::current().record("method", msg.envelope.method());
     if let Err(r) = pipeline::check_transport_headers(&parts.headers, &msg) {
-        return r.into_response();
+        refuse!(r);
     }
     let binding = match pipeline::bind_session(&gw, &parts.headers, &grant, &msg) {
         Ok(b) => b,
-        Err(r) => return r.into_response(),
+        Err(r) => refuse!(r),
     };
+    if let pipeline::Binding::Session(s) = &binding {
+        trail.session(Some(&s.id));
+    }
     let verdict = match pipeline::decide(&grant, &msg) {
         Ok(v) => v,
-        Err(r) => return r.into_response(),
+        Err(r) => refuse!(r),
     };
-    match pipeline::forward(
+    let answer = match pipeline::forward(
         &gw,
         &server,
         &parts.headers,
@@ -97,20 +132,93 @@ pub async fn post(
     )
     .await
     {
-        Ok(answer) => {
-            let reply = match answer.list_filter {
-                Some(policy) => answers::filter_reply(answer.reply, policy),
-                None => answer.reply,
-            };
-            let mut response = render(&gw, reply, answer.accepts_sse).await;
-            if let Some(id) = answer.new_session
-                && let Ok(v) = HeaderValue::from_str(&id)
-            {
-                response.headers_mut().insert(SESSION_HEADER, v);
+        Ok(a) => a,
+        Err(r) => refuse!(r),
+    };
+    let reply = match answer.list_filter {
+        Some(policy) => answers::filter_reply(answer.reply, policy),
+        None => answer.reply,
+    };
+    let mut response = match &answer.decided {
+        Some(d) => {
+            trail.decided(&gw, d);
+            render_audited(
+                gw.clone(),
+                reply,
+                answer.accepts_sse,
+                trail,
+                answer.forwarded_at,
+            )
+            .await
+        }
+        None => render(&gw, reply, answer.accepts_sse).await,
+    };
+    if let Some(id) = answer.new_session
+        && let Ok(v) = HeaderValue::from_str(&id)
+    {
+        response.headers_mut().insert(SESSION_HEADER, v);
+    }
+    response
+}
+
+/// Renders a `tools/call`'s reply, writing its audit record as the response goes out.
+async fn render_audited(
+    gw: Arc<Gateway>,
+    reply: Reply,
+    accepts_sse: bool,
+    trail: Trail,
+    forwarded_at: Option<std::time::Instant>,
+) -> Response {
+    match reply {
+        Reply::Json { status, body } => {
+            trail
+                .finish(&gw, status.as_u16(), Some(&body), forwarded_at)
+                .await;
+            (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Reply::Status {
+            status,
+            content_type,
+            body,
+        } => {
+            trail.finish(&gw, status.as_u16(), None, forwarded_at).await;
+            let mut response = (status, body).into_response();
+            if let Some(ct) = content_type {
+                response.headers_mut().insert(header::CONTENT_TYPE, ct);
             }
             response
         }
-        Err(r) => r.into_response(),
+        Reply::Accepted => {
+            trail.finish(&gw, 202, None, forwarded_at).await;
+            StatusCode::ACCEPTED.into_response()
+        }
+        Reply::Stream(events) => {
+            let audited = futures_util::stream::unfold(
+                (events, Some(trail), gw.clone()),
+                move |(mut events, mut trail, gw)| async move {
+                    match events.next().await {
+                        Some(e) => {
+                            if trail.is_some() && is_response(&e.data) {
+                                trail
+                                    .take()
+                                    .expect("checked")
+                                    .finish(&gw, 200, Some(&e.data), forwarded_at)
+                                    .await;
+                            }
+                            Some((e, (events, trail, gw)))
+                        }
+                        None => {
+                            // The stream ended without a response: still one record for the call.
+                            if let Some(t) = trail.take() {
+                                t.finish(&gw, 502, None, forwarded_at).await;
+                            }
+                            None
+                        }
+                    }
+                },
+            );
+            render(&gw, Reply::Stream(audited.boxed()), accepts_sse).await
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use toolgate_policy::{Decision, Limit};
 
 use super::{Message, Refused};
 use crate::answers;
+use crate::audit::Outcome;
 use crate::grants::Grant;
 use crate::jsonrpc::{self, Kind, NamedParams};
 use crate::policies::Loaded;
@@ -21,7 +22,28 @@ pub enum Verdict {
         call: Option<AllowedCall>,
     },
     /// Answer the agent at once (a denial, an unknown tool); nothing reaches the upstream.
-    Answer(Bytes),
+    Answer(Bytes, Box<Decided>),
+}
+
+/// What was decided about a `tools/call`: for the audit record and the metrics.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    pub outcome: Outcome,
+    pub tool: String,
+    /// The call's arguments as the policy read them (Null when absent).
+    pub arguments: serde_json::Value,
+    pub rule: Option<String>,
+    pub policy_version: Option<u64>,
+}
+
+impl Decided {
+    pub fn with(&self, outcome: Outcome, rule: Option<&str>) -> Decided {
+        Decided {
+            outcome,
+            rule: rule.map(str::to_string),
+            ..self.clone()
+        }
+    }
 }
 
 /// A `tools/call` the policy allows, and what the later steps must still do with it.
@@ -33,6 +55,7 @@ pub struct AllowedCall {
     /// The counters to reserve (all_tools' and the tool's).
     pub limits: Vec<Limit>,
     pub policy_version: u64,
+    pub decided: Decided,
 }
 
 const FORWARD: Verdict = Verdict::Forward {
@@ -102,29 +125,40 @@ fn decide_call(msg: &Message<'_>, policy: Option<Arc<Loaded>>) -> Result<Verdict
             v
         }
     };
+    let decided = |outcome, rule: Option<&str>, version| {
+        Box::new(Decided {
+            outcome,
+            tool: name.to_string(),
+            arguments: args.clone(),
+            rule: rule.map(str::to_string),
+            policy_version: version,
+        })
+    };
     let Some(loaded) = policy else {
         let message = "No policy applies to this grant; every call is denied";
-        return Ok(Verdict::Answer(answers::denial(
-            id,
-            message,
-            NO_POLICY_RULE,
-            None,
-        )));
+        let body = answers::denial(id, message, NO_POLICY_RULE, None);
+        return Ok(Verdict::Answer(
+            body,
+            decided(Outcome::Deny, Some(NO_POLICY_RULE), None),
+        ));
     };
+    let version = Some(loaded.version);
     match loaded.policy.evaluate(name, &args) {
-        Decision::Hidden => Ok(Verdict::Answer(answers::unknown_tool(id, name))),
-        Decision::Deny { rule, message } => Ok(Verdict::Answer(answers::denial(
-            id,
-            &message,
-            rule,
-            Some(loaded.version),
-        ))),
+        Decision::Hidden => Ok(Verdict::Answer(
+            answers::unknown_tool(id, name),
+            decided(Outcome::Hidden, Some(toolgate_policy::HIDDEN_RULE), version),
+        )),
+        Decision::Deny { rule, message } => Ok(Verdict::Answer(
+            answers::denial(id, &message, rule, version),
+            decided(Outcome::Deny, Some(rule), version),
+        )),
         Decision::Allow { limits, .. } => Ok(Verdict::Forward {
             list_filter: None,
             call: Some(AllowedCall {
                 must_be_listed: (!loaded.policy.lists(name)).then(|| name.to_string()),
                 limits: limits.to_vec(),
                 policy_version: loaded.version,
+                decided: *decided(Outcome::Allow, None, version),
             }),
         }),
     }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
-use super::decide::{AllowedCall, Verdict};
+use super::decide::{AllowedCall, Decided, Verdict};
 use super::{Answer, Binding, Message, Refused, STATELESS_VERSION, accepts_sse, is_result, limits};
 use crate::answers;
+use crate::audit::Outcome;
 use crate::gateway::{Gateway, Upstream};
 use crate::grants::Grant;
 use crate::jsonrpc::{self, Kind};
@@ -165,7 +166,7 @@ pub async fn forward(
 ) -> Result<Answer, Refused> {
     let accepts_sse = accepts_sse(headers);
     let id = msg.id.unwrap_or("null");
-    let now = |body| Answer {
+    let now = |body, decided: Option<Decided>| Answer {
         reply: Reply::Json {
             status: StatusCode::OK,
             body,
@@ -173,11 +174,14 @@ pub async fn forward(
         new_session: None,
         accepts_sse,
         list_filter: None,
+        decided,
+        forwarded_at: None,
     };
     let (list_filter, call) = match verdict {
-        Verdict::Answer(body) => return Ok(now(body)),
+        Verdict::Answer(body, decided) => return Ok(now(body, Some(*decided))),
         Verdict::Forward { list_filter, call } => (list_filter, call),
     };
+    let decided = call.as_ref().map(|c| c.decided.clone());
     let out = Outbound {
         body,
         kind: msg.kind,
@@ -197,12 +201,14 @@ pub async fn forward(
         .servers
         .get(server)
         .expect("admit checked the grant's server exists");
-    let answer = |reply, new_session| {
+    let answer = |reply, new_session, forwarded_at| {
         Ok(Answer {
             reply,
             new_session,
             accepts_sse,
             list_filter: list_filter.clone(),
+            decided: decided.clone(),
+            forwarded_at,
         })
     };
 
@@ -213,16 +219,20 @@ pub async fn forward(
         if let Some(tool) = &call.must_be_listed
             && !upstream_lists(gw, upstream, &grant, &binding, &out, tool).await?
         {
-            return Ok(now(answers::unknown_tool(id, tool)));
+            let d = call.decided.with(Outcome::Unknown, None);
+            return Ok(now(answers::unknown_tool(id, tool), Some(d)));
         }
         reservation = match reserve(gw, &grant, &binding, upstream, call, id).await {
             Ok(r) => r,
-            Err(denial) => return Ok(now(denial)),
+            Err((denial, outcome, rule)) => {
+                return Ok(now(denial, Some(call.decided.with(outcome, Some(&rule)))));
+            }
         };
     }
 
     match binding {
         Binding::Session(ref session) => {
+            let forwarded_at = Some(std::time::Instant::now());
             let reply = send_on(gw, upstream, &grant, &binding, &out).await;
             let reply = match reply {
                 Ok(r) => r,
@@ -240,7 +250,11 @@ pub async fn forward(
             {
                 s.close().await;
             }
-            answer(limits::settle(&gw.counters, reservation, reply), None)
+            answer(
+                limits::settle(&gw.counters, reservation, reply),
+                None,
+                forwarded_at,
+            )
         }
         Binding::New => match upstream {
             Upstream::Stdio(server) => {
@@ -251,7 +265,7 @@ pub async fn forward(
                         .id
                         .clone()
                 });
-                answer(reply, new)
+                answer(reply, new, None)
             }
             Upstream::Http(server) => {
                 let (reply, upstream_id) = server.post(None, &out).await;
@@ -271,10 +285,11 @@ pub async fn forward(
                         .id
                         .clone()
                 });
-                answer(reply, new)
+                answer(reply, new, None)
             }
         },
         Binding::Stateless => {
+            let forwarded_at = Some(std::time::Instant::now());
             let reply = match send_on(gw, upstream, &grant, &binding, &out).await {
                 Ok(r) => r,
                 Err(refused) => {
@@ -284,7 +299,11 @@ pub async fn forward(
                     return Err(refused);
                 }
             };
-            answer(limits::settle(&gw.counters, reservation, reply), None)
+            answer(
+                limits::settle(&gw.counters, reservation, reply),
+                None,
+                forwarded_at,
+            )
         }
     }
 }
@@ -296,6 +315,6 @@ async fn reserve(
     upstream: &Upstream,
     call: &AllowedCall,
     id: &str,
-) -> Result<Option<crate::counters::Reservation>, Bytes> {
+) -> Result<Option<crate::counters::Reservation>, (Bytes, Outcome, String)> {
     limits::reserve(gw, grant, binding, upstream.name(), call, id).await
 }

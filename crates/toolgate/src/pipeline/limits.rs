@@ -12,6 +12,7 @@ use toolgate_policy::Scope;
 use super::Binding;
 use super::decide::AllowedCall;
 use crate::answers;
+use crate::audit::Outcome;
 use crate::counters::{CounterKey, CounterStore, Counters, Need, Reservation};
 use crate::gateway::Gateway;
 use crate::grants::Grant;
@@ -30,7 +31,7 @@ pub async fn reserve(
     server: &Arc<str>,
     call: &AllowedCall,
     id: &str,
-) -> Result<Option<Reservation>, Bytes> {
+) -> Result<Option<Reservation>, (Bytes, Outcome, String)> {
     if call.limits.is_empty() {
         return Ok(None);
     }
@@ -60,20 +61,27 @@ pub async fn reserve(
         .collect();
     match gw.counters.reserve(&needs).await {
         Ok(Ok(reservation)) => Ok(Some(reservation)),
-        Ok(Err(limited)) => Err(answers::limited(id, &limited, call.policy_version)),
+        Ok(Err(limited)) => Err((
+            answers::limited(id, &limited, call.policy_version),
+            Outcome::Limited,
+            limited.rule.to_string(),
+        )),
         Err(e) if gw.config.counters.on_error_allow => {
+            crate::telemetry::counter_store_error();
             tracing::warn!("{e}; the call goes on uncounted (counters.on_error = \"allow\")");
             Ok(None)
         }
         Err(e) => {
+            crate::telemetry::counter_store_error();
             tracing::warn!("{e}; the call is refused (counters.on_error = \"deny\")");
             let message = "Rate limits cannot be checked right now, so the call is refused; try again shortly";
-            Err(answers::denial(
+            let body = answers::denial(
                 id,
                 message,
                 STORE_UNAVAILABLE_RULE,
                 Some(call.policy_version),
-            ))
+            );
+            Err((body, Outcome::Deny, STORE_UNAVAILABLE_RULE.to_string()))
         }
     }
 }

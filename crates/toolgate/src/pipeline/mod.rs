@@ -16,7 +16,7 @@ mod decide;
 mod forward;
 mod limits;
 
-pub use decide::{AllowedCall, NO_POLICY_RULE, Verdict, decide};
+pub use decide::{AllowedCall, Decided, NO_POLICY_RULE, Verdict, decide};
 pub use forward::forward;
 pub use limits::STORE_UNAVAILABLE_RULE;
 
@@ -69,6 +69,10 @@ pub struct Answer {
     pub accepts_sse: bool,
     /// For `tools/list`: the policy whose hidden tools are taken out of the response.
     pub list_filter: Option<Arc<Loaded>>,
+    /// For `tools/call`: what was decided (for the audit record).
+    pub decided: Option<Decided>,
+    /// When the message went upstream (for the upstream latency).
+    pub forwarded_at: Option<std::time::Instant>,
 }
 
 /// Step 1: the door. Host and Origin first (a rebinding page learns nothing, not even 401),

@@ -690,6 +690,7 @@ impl StdioSession {
             tokio::time::sleep(RESTART_BACKOFF - since).await;
         }
         tracing::warn!(server = %self.server.name, "stdio server died; restarting it");
+        crate::telemetry::child_restart(&self.server.name);
         slot.last_start = std::time::Instant::now();
         let handle = self.server.spawn().map_err(|e| {
             tracing::error!(server = %self.server.name, "cannot restart stdio server: {e}");

@@ -1,0 +1,148 @@
+//! The audit record (and the metrics) of one agent request, filled in as the request crosses
+//! the pipeline and written before its answer leaves: refused requests when they are
+//! refused, `tools/call` when the upstream's response (or the gateway's own) is ready.
+
+use std::time::Instant;
+
+use crate::audit::record::{argument_keys, rfc3339};
+use crate::audit::{AuditRecord, Outcome};
+use crate::gateway::Gateway;
+use crate::grants::Grant;
+use crate::jsonrpc::Envelope;
+use crate::pipeline::{Decided, Refused};
+use crate::telemetry;
+
+pub struct Trail {
+    started: Instant,
+    record: AuditRecord,
+    /// The tool as a metrics label (see `telemetry`): only names the policy or upstream vouched for.
+    tool_label: &'static str,
+    tool_known: bool,
+}
+
+/// A request id: 64 random bits, hex. In the audit record, the log span, and `x-request-id`.
+pub fn new_request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+impl Trail {
+    pub fn start(server: &str, request_id: &str) -> Trail {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        Trail {
+            started: Instant::now(),
+            record: AuditRecord {
+                time: rfc3339(now_ms),
+                request_id: request_id.to_string(),
+                server: server.to_string(),
+                ..Default::default()
+            },
+            tool_label: "(other)",
+            tool_known: false,
+        }
+    }
+
+    pub fn grant(&mut self, g: &Grant) {
+        self.record.grant_id = Some(g.id.to_string());
+        self.record.grant_label = Some(g.label.clone());
+    }
+
+    pub fn session(&mut self, id: Option<&str>) {
+        self.record.session = id.map(str::to_string);
+    }
+
+    pub fn method(&mut self, method: &str) {
+        self.record.method = Some(method.to_string());
+    }
+
+    /// What the policy step decided about a `tools/call`.
+    pub fn decided(&mut self, gw: &Gateway, d: &Decided) {
+        self.record.tool = Some(d.tool.clone());
+        self.record.argument_keys = argument_keys(&d.arguments);
+        self.record.arguments = gw
+            .audit
+            .redactor
+            .arguments(&d.arguments, gw.audit.arguments);
+        self.record.outcome = Some(d.outcome);
+        self.record.rule = d.rule.clone();
+        self.record.policy_version = d.policy_version;
+        self.record.decision_us = self.started.elapsed().as_micros() as u64;
+        // Allowed calls name tools the policy or the upstream listed; denials by a rule name
+        // tools the policy names. Anything else may be an agent's invention.
+        self.tool_known = matches!(d.outcome, Outcome::Allow | Outcome::Limited)
+            || d.rule.as_deref().is_some_and(|r| r.starts_with("/tools/"));
+    }
+
+    /// A request refused before (or instead of) a decision.
+    pub async fn refused(mut self, gw: &Gateway, r: &Refused) {
+        self.record.outcome = Some(Outcome::Refused);
+        self.record.http_status = r.status.as_u16();
+        self.record.message = Some(r.message.clone());
+        self.record.decision_us = self.started.elapsed().as_micros() as u64;
+        telemetry::refused(r.status.as_u16());
+        gw.audit.write(self.record).await;
+    }
+
+    /// The answer to a `tools/call` is ready: record what the upstream said (when it was
+    /// called) and write the record.
+    pub async fn finish(
+        mut self,
+        gw: &Gateway,
+        http_status: u16,
+        response: Option<&[u8]>,
+        forwarded_at: Option<Instant>,
+    ) {
+        self.record.http_status = http_status;
+        if let Some(at) = forwarded_at {
+            let took = at.elapsed();
+            self.record.upstream_us = Some(took.as_micros() as u64);
+            telemetry::upstream(&self.record.server, took.as_secs_f64());
+            let (status, failed) = upstream_status(http_status, response);
+            self.record.upstream_status = Some(status);
+            if failed {
+                self.record.outcome = Some(Outcome::UpstreamError);
+            }
+        }
+        telemetry::decision(&self.record.server, self.record.decision_us as f64 / 1e6);
+        let outcome = self.record.outcome.map_or("refused", Outcome::as_str);
+        let tool = match (&self.record.tool, self.tool_known) {
+            (Some(t), true) if t.len() <= 128 && !t.chars().any(char::is_control) => t.as_str(),
+            _ => self.tool_label,
+        };
+        telemetry::call(&self.record.server, tool, outcome);
+        gw.audit.write(self.record).await;
+    }
+}
+
+/// `ok`, `is_error`, `error <code>`, or `http <status>`; and whether the call failed upstream.
+fn upstream_status(http_status: u16, response: Option<&[u8]>) -> (String, bool) {
+    let Some(body) = response else {
+        return (format!("http {http_status}"), true);
+    };
+    let Ok(env) = Envelope::parse(body) else {
+        return ("unreadable".into(), true);
+    };
+    if let Some(error) = env.error {
+        #[derive(serde::Deserialize)]
+        struct Code {
+            code: Option<i64>,
+        }
+        let code = serde_json::from_str::<Code>(error.get())
+            .ok()
+            .and_then(|c| c.code)
+            .unwrap_or(0);
+        return (format!("error {code}"), true);
+    }
+    #[derive(serde::Deserialize)]
+    struct IsError {
+        #[serde(rename = "isError", default)]
+        is_error: bool,
+    }
+    let is_error = env
+        .result
+        .and_then(|r| serde_json::from_str::<IsError>(r.get()).ok())
+        .is_some_and(|r| r.is_error);
+    (if is_error { "is_error" } else { "ok" }.to_string(), false)
+}
