@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# What toolgate adds to a call, measured in one run on one machine: the same tools/call load
+# sent directly to a fast upstream, through toolgate with no policy limits (allow-all policy,
+# audit off), and through toolgate with a realistic policy (60 tools, deny_if conditions, two
+# limits with a high max, audit on) - at 1, 16 and 64 concurrent sessions, over Streamable
+# HTTP and over stdio. Then memory: the idle gateway's RSS, and with 1,000 and 10,000 idle
+# sessions. Prints Markdown and writes JSON (bench/results.json).
+#
+#   bash bench/run.sh            # 5 s per run (about 3 minutes)
+#   bash bench/run.sh --smoke    # a few hundred ms per run: checks the instruments still work
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=5
+WARMUP=1
+SESSIONS=(1 16 64)
+HOLD=(1000 10000)
+OUT=bench/results.json
+if [[ ${1:-} == --smoke ]]; then
+  DURATION=0.3
+  WARMUP=0.2
+  SESSIONS=(1 4)
+  HOLD=(50)
+  OUT=$(mktemp)
+fi
+
+cargo build --release -q -p toolgate -p toolgate-bench
+BIN=target/release
+TMP=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+wait_for() { # file pattern
+  for _ in $(seq 100); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "timed out waiting for '$2' in $1" >&2
+  cat "$1" >&2
+  return 1
+}
+
+"$BIN/fast-upstream" --port 0 >"$TMP/upstream.log" &
+pids+=($!)
+wait_for "$TMP/upstream.log" listening
+UP=$(grep -o 'http://[^ ]*' "$TMP/upstream.log")
+
+echo '{"version": "1", "default": "allow"}' >"$TMP/plain.json"
+python3 - "$TMP/realistic.json" <<'PY'
+import json, sys
+tools = {}
+for i in range(59):
+    spec = {}
+    if i % 2 == 0:
+        spec["deny_if"] = [
+            {"conditions": [{"path": "args.limit", "op": "gt", "value": 500}], "on_deny": "Too many rows."},
+            {"conditions": [{"path": "args.env", "op": "in", "value": ["prod", "billing"]}]},
+        ]
+    if i % 3 == 0:
+        spec["require"] = [{"conditions": [{"path": "args.project_id", "op": "exists", "value": True}]}]
+    tools[f"tool_{i:02}"] = spec
+tools["echo"] = {
+    "require": [{"conditions": [{"path": "args.message", "op": "exists", "value": True}]}],
+    "deny_if": [
+        {"conditions": [{"path": "args.message", "op": "regex", "value": "(?is).*\\b(drop|truncate|delete)\\b.*"}]},
+        {"conditions": [{"path": "args.message", "op": "contains", "value": "password"}]},
+        {"conditions": [{"path": "args.env", "op": "in", "value": ["prod", "billing"]}]},
+        {"conditions": [{"path": "args.limit", "op": "gt", "value": 500}]},
+    ],
+    "limits": [{"counter": "echo_rate", "window": "minute", "max": 100000000, "scope": "grant"}],
+}
+doc = {"version": "1", "default": "deny", "hide": ["delete_project"],
+       "all_tools": {"limits": [{"counter": "calls", "window": "minute", "max": 100000000, "scope": "grant"}]},
+       "tools": tools}
+json.dump(doc, open(sys.argv[1], "w"))
+PY
+
+start_gateway_info() { # name policy-file audit-enabled
+  local dir=$TMP/$1
+  mkdir -p "$dir"
+  cat >"$dir/toolgate.toml" <<TOML
+listen = "127.0.0.1:0"
+state_dir = "$dir/state"
+[audit]
+enabled = $3
+[servers.http]
+url = "$UP"
+policy = "$2"
+[servers.stdio]
+command = "$PWD/$BIN/fast-upstream"
+args = ["--stdio"]
+policy = "$2"
+[grants.http]
+server = "http"
+anonymous = true
+[grants.stdio]
+server = "stdio"
+anonymous = true
+TOML
+  TOOLGATE_LOG="warn,toolgate=info,toolgate::upstream=warn" TOOLGATE_ADMIN_TOKEN=bench "$BIN/toolgate" serve --config "$dir/toolgate.toml" 2>"$dir/log" &
+  local pid=$!
+  pids+=("$pid")
+  wait_for "$dir/log" 'listening on' >/dev/null
+  local port
+  port=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$dir/log" | grep -o '[0-9]*$')
+  echo "$pid $port"
+}
+
+read -r PLAIN_PID PLAIN_PORT < <(start_gateway_info plain "$TMP/plain.json" false)
+read -r REAL_PID REAL_PORT < <(start_gateway_info realistic "$TMP/realistic.json" true)
+
+RESULTS=$TMP/results.jsonl
+: >"$RESULTS"
+load() { # label transport sessions target pid
+  local args=(--sessions "$3" --duration "$DURATION" --warmup "$WARMUP" --name "$1/$2/$3")
+  # Only the direct stdio runs speak stdio (to a child of loadgen); the gateway is HTTP.
+  if [[ $1 == direct && $2 == stdio ]]; then args+=(--stdio "$4"); else args+=(--url "$4"); fi
+  [[ -n ${5:-} ]] && args+=(--pid "$5")
+  "$BIN/loadgen" "${args[@]}" | tee -a "$RESULTS" >/dev/null
+}
+
+for n in "${SESSIONS[@]}"; do
+  load direct http "$n" "$UP"
+  load plain http "$n" "http://127.0.0.1:$PLAIN_PORT/mcp/http" "$PLAIN_PID"
+  load realistic http "$n" "http://127.0.0.1:$REAL_PORT/mcp/http" "$REAL_PID"
+  load direct stdio "$n" "$PWD/$BIN/fast-upstream --stdio"
+  load plain stdio "$n" "http://127.0.0.1:$PLAIN_PORT/mcp/stdio" "$PLAIN_PID"
+  load realistic stdio "$n" "http://127.0.0.1:$REAL_PORT/mcp/stdio" "$REAL_PID"
+done
+
+# Memory: a fresh gateway, idle, then holding idle sessions (HTTP upstream).
+read -r MEM_PID MEM_PORT < <(start_gateway_info memory "$TMP/plain.json" false)
+sleep 0.5
+IDLE_KIB=$(awk '/VmRSS/{print $2}' "/proc/$MEM_PID/status")
+: >"$TMP/memory.jsonl"
+for n in "${HOLD[@]}"; do
+  "$BIN/loadgen" --url "http://127.0.0.1:$MEM_PORT/mcp/http" --hold "$n" --pid "$MEM_PID" --name "hold/$n" >>"$TMP/memory.jsonl"
+done
+
+python3 - "$RESULTS" "$TMP/memory.jsonl" "$IDLE_KIB" "$OUT" <<'PY'
+import json, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+mem = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+idle_kib = int(sys.argv[3])
+by = {r["name"]: r for r in runs}
+out = {"runs": runs, "memory": {"idle_rss_kib": idle_kib, "holds": mem}}
+json.dump(out, open(sys.argv[4], "w"), indent=1)
+
+def fmt(x, d=0):
+    return "-" if x is None else f"{x:,.{d}f}"
+
+for transport in ("http", "stdio"):
+    print(f"\n### {transport} upstream\n")
+    print("| sessions | direct calls/s | gateway calls/s (ratio) | realistic calls/s (ratio) | added p50 µs (gw / realistic) | added p99 µs | added p99.9 µs | gateway CPU µs/call (gw / realistic) | errors |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    sessions = sorted({r["sessions"] for r in runs})
+    for n in sessions:
+        d, p, r = (by.get(f"{k}/{transport}/{n}") for k in ("direct", "plain", "realistic"))
+        if not (d and p and r):
+            continue
+        def added(q):
+            return f'{p["latency_us"][q] - d["latency_us"][q]:+,} / {r["latency_us"][q] - d["latency_us"][q]:+,}'
+        errs = {**d["errors"], **p["errors"], **r["errors"]}
+        print(f'| {n} | {fmt(d["throughput"])} | {fmt(p["throughput"])} ({p["throughput"]/max(d["throughput"],1e-9):.2f}×) '
+              f'| {fmt(r["throughput"])} ({r["throughput"]/max(d["throughput"],1e-9):.2f}×) | {added("p50")} | {added("p99")} | {added("p999")} '
+              f'| {fmt(p["cpu_us_per_call"],1)} / {fmt(r["cpu_us_per_call"],1)} | {errs or "none"} |')
+print("\n### memory (HTTP upstream, idle sessions)\n")
+print(f"| state | gateway RSS | per session |")
+print("|---|---|---|")
+print(f"| idle, no sessions | {idle_kib/1024:.1f} MiB | - |")
+prev = idle_kib
+total = 0
+for m in mem:
+    total += m["sessions"]
+    after = m["rss_after_kib"]
+    per = (after - prev) * 1024 / m["sessions"]
+    print(f'| {total:,} sessions open | {after/1024:.1f} MiB | {per/1024:.1f} KiB (the last {m["sessions"]:,}) |')
+    prev = after
+bad = [r["name"] for r in runs if r["errors"] or r["calls"] == 0]
+if bad:
+    print(f"\nruns with errors or no calls: {bad}")
+    sys.exit(1)
+PY
+echo
+echo "JSON: $OUT"

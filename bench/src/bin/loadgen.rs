@@ -1,0 +1,398 @@
+//! The load generator: N concurrent MCP sessions driving `tools/call` for a fixed time (after
+//! a warm-up), over Streamable HTTP or stdio (a child process per session), reporting
+//! throughput, latency percentiles from an HDR histogram, errors by kind, and — given the
+//! gateway's pid — its CPU seconds and peak RSS read from `/proc`, so CPU per call can be
+//! quoted. `--hold` opens sessions and keeps them idle (for memory per session).
+//!
+//!   loadgen --url http://127.0.0.1:8080/mcp/fast --sessions 16 --duration 10 --pid 1234
+//!   loadgen --stdio "target/release/fast-upstream --stdio" --sessions 16 --duration 10
+//!   loadgen --url ... --hold 10000 --pid 1234
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::Mutex;
+
+#[derive(Parser, Clone)]
+struct Args {
+    /// Streamable HTTP endpoint.
+    #[arg(long, conflicts_with = "stdio")]
+    url: Option<String>,
+    /// Command (split on spaces) speaking MCP over stdio; one process per session.
+    #[arg(long)]
+    stdio: Option<String>,
+    /// Bearer token.
+    #[arg(long)]
+    token: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    sessions: usize,
+    /// Seconds of measured load.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    #[arg(long, default_value = "echo")]
+    tool: String,
+    #[arg(
+        long,
+        default_value = r#"{"message":"select name from users","env":"dev","limit":10}"#
+    )]
+    arguments: String,
+    /// The process whose CPU time and peak RSS to report (the gateway).
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Open this many sessions, keep them idle, report the pid's RSS, and exit.
+    #[arg(long)]
+    hold: Option<usize>,
+    /// A label for the JSON output.
+    #[arg(long, default_value = "run")]
+    name: String,
+}
+
+#[derive(Default)]
+struct Tally {
+    hist: Option<Histogram<u64>>,
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+/// CPU seconds (user + system) and peak RSS (KiB) of a process, from /proc.
+fn proc_stats(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = 100.0; // USER_HZ on Linux
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())?;
+    Some(((utime + stime) / ticks, hwm))
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+const INIT: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"toolgate-loadgen","version":"0.1.0"}}}"#;
+const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+
+/// One session's transport.
+enum Session {
+    Http {
+        client: reqwest::Client,
+        url: String,
+        token: Option<String>,
+        session: Option<String>,
+    },
+    Stdio {
+        _child: tokio::process::Child,
+        stdin: tokio::process::ChildStdin,
+        stdout: BufReader<tokio::process::ChildStdout>,
+    },
+}
+
+impl Session {
+    async fn open(args: &Args, client: &reqwest::Client) -> Result<Session, String> {
+        if let Some(cmd) = &args.stdio {
+            let mut parts = cmd.split_whitespace();
+            let mut child = tokio::process::Command::new(parts.next().ok_or("empty --stdio")?)
+                .args(parts)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| format!("spawn: {e}"))?;
+            let stdin = child.stdin.take().expect("piped");
+            let stdout = BufReader::new(child.stdout.take().expect("piped"));
+            let mut s = Session::Stdio {
+                _child: child,
+                stdin,
+                stdout,
+            };
+            s.call_raw(INIT).await?;
+            s.notify(INITIALIZED).await?;
+            return Ok(s);
+        }
+        let url = args.url.clone().ok_or("give --url or --stdio")?;
+        let mut s = Session::Http {
+            client: client.clone(),
+            url,
+            token: args.token.clone(),
+            session: None,
+        };
+        s.call_raw(INIT).await?;
+        s.notify(INITIALIZED).await?;
+        Ok(s)
+    }
+
+    async fn notify(&mut self, body: &str) -> Result<(), String> {
+        match self {
+            Session::Stdio { stdin, .. } => {
+                stdin
+                    .write_all(body.as_bytes())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                stdin.write_all(b"\n").await.map_err(|e| e.to_string())
+            }
+            Session::Http { .. } => self.post(body).await.map(|_| ()),
+        }
+    }
+
+    async fn post(&mut self, body: &str) -> Result<(u16, String), String> {
+        let Session::Http {
+            client,
+            url,
+            token,
+            session,
+        } = self
+        else {
+            unreachable!()
+        };
+        let mut req = client
+            .post(url.as_str())
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .body(body.to_string());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(s) = session {
+            req = req.header("mcp-session-id", s.as_str());
+        }
+        let resp = req.send().await.map_err(|e| {
+            format!(
+                "transport: {}",
+                if e.is_connect() { "connect" } else { "io" }
+            )
+        })?;
+        if let Some(s) = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            *session = Some(s.to_string());
+        }
+        let status = resp.status().as_u16();
+        let text = resp
+            .text()
+            .await
+            .map_err(|_| "transport: body".to_string())?;
+        Ok((status, text))
+    }
+
+    /// Sends a request and returns its response message (SSE answers are read to the end).
+    async fn call_raw(&mut self, body: &str) -> Result<Value, String> {
+        match self {
+            Session::Stdio { stdin, stdout, .. } => {
+                stdin
+                    .write_all(body.as_bytes())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                stdin.write_all(b"\n").await.map_err(|e| e.to_string())?;
+                stdin.flush().await.map_err(|e| e.to_string())?;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if stdout
+                        .read_line(&mut line)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        == 0
+                    {
+                        return Err("transport: upstream closed".into());
+                    }
+                    let v: Value =
+                        serde_json::from_str(&line).map_err(|_| "bad json".to_string())?;
+                    if v.get("id").is_some() && v.get("method").is_none() {
+                        return Ok(v);
+                    }
+                }
+            }
+            Session::Http { .. } => {
+                let (status, text) = self.post(body).await?;
+                if status != 200 {
+                    return Err(format!("http {status}"));
+                }
+                let data = if text.starts_with('{') {
+                    text
+                } else {
+                    // SSE: the last data line holding a response.
+                    text.lines()
+                        .filter_map(|l| l.strip_prefix("data:"))
+                        .map(str::trim)
+                        .filter(|d| d.contains("\"id\"") && !d.contains("\"method\""))
+                        .last()
+                        .unwrap_or("")
+                        .to_string()
+                };
+                serde_json::from_str(&data).map_err(|_| "bad json".to_string())
+            }
+        }
+    }
+}
+
+fn classify(v: &Value) -> Option<String> {
+    if let Some(e) = v.get("error") {
+        return Some(format!("jsonrpc {}", e["code"]));
+    }
+    if v["result"]["isError"] == json!(true) {
+        let text = v["result"]["content"][0]["text"].as_str().unwrap_or("");
+        return Some(if text.starts_with("[POLICY DENIED]") {
+            "denied".into()
+        } else {
+            "isError".into()
+        });
+    }
+    None
+}
+
+async fn drive(
+    args: Args,
+    client: reqwest::Client,
+    measuring: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Mutex<Tally>>,
+) {
+    let mut session = match Session::open(&args, &client).await {
+        Ok(s) => s,
+        Err(e) => {
+            *tally
+                .lock()
+                .await
+                .errors
+                .entry(format!("open: {e}"))
+                .or_default() += 1;
+            return;
+        }
+    };
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let mut ok = 0u64;
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut id = 1u64;
+    while !stop.load(Ordering::Relaxed) {
+        id += 1;
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{}","arguments":{}}}}}"#,
+            args.tool, args.arguments
+        );
+        let started = Instant::now();
+        let result = session.call_raw(&body).await;
+        let us = started.elapsed().as_micros() as u64;
+        if !measuring.load(Ordering::Relaxed) {
+            continue;
+        }
+        match result {
+            Ok(v) => match classify(&v) {
+                None => {
+                    ok += 1;
+                    let _ = hist.record(us.max(1));
+                }
+                Some(kind) => *errors.entry(kind).or_default() += 1,
+            },
+            Err(kind) => *errors.entry(kind).or_default() += 1,
+        }
+    }
+    let mut t = tally.lock().await;
+    t.ok += ok;
+    match &mut t.hist {
+        Some(h) => {
+            let _ = h.add(&hist);
+        }
+        None => t.hist = Some(hist),
+    }
+    for (k, v) in errors {
+        *t.errors.entry(k).or_default() += v;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(4096)
+        .build()
+        .expect("client");
+    if let Some(n) = args.hold {
+        let before = args.pid.and_then(rss_kib);
+        let mut held = Vec::with_capacity(n);
+        for i in 0..n {
+            match Session::open(&args, &client).await {
+                Ok(s) => held.push(s),
+                Err(e) => {
+                    eprintln!("session {i}: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = args.pid.and_then(rss_kib);
+        let out = json!({"name": args.name, "sessions": n, "rss_before_kib": before, "rss_after_kib": after,
+            "per_session_bytes": match (before, after) { (Some(b), Some(a)) if n > 0 => Some(((a as f64 - b as f64) * 1024.0 / n as f64).round()), _ => None }});
+        println!("{out}");
+        return;
+    }
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let tasks: Vec<_> = (0..args.sessions)
+        .map(|_| {
+            tokio::spawn(drive(
+                args.clone(),
+                client.clone(),
+                measuring.clone(),
+                stop.clone(),
+                tally.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
+    let cpu_before = args.pid.and_then(proc_stats);
+    let started = Instant::now();
+    measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = args.pid.and_then(proc_stats);
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let t = tally.lock().await;
+    let q = |p: f64| t.hist.as_ref().map(|h| h.value_at_quantile(p)).unwrap_or(0);
+    let cpu = match (cpu_before, cpu_after) {
+        (Some((b, _)), Some((a, hwm))) => Some((a - b, hwm)),
+        _ => None,
+    };
+    let out = json!({
+        "name": args.name,
+        "sessions": args.sessions,
+        "seconds": elapsed,
+        "calls": t.ok,
+        "throughput": t.ok as f64 / elapsed,
+        "latency_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999)},
+        "errors": t.errors,
+        "cpu_seconds": cpu.map(|c| c.0),
+        "cpu_us_per_call": cpu.and_then(|c| (t.ok > 0).then(|| c.0 * 1e6 / t.ok as f64)),
+        "peak_rss_kib": cpu.map(|c| c.1),
+    });
+    println!("{out}");
+}
