@@ -94,6 +94,7 @@ const INIT: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"p
 const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
 
 /// One session's transport.
+#[allow(clippy::large_enum_variant)] // one per session, never moved in a hot loop
 enum Session {
     Http {
         client: reqwest::Client,
@@ -239,8 +240,7 @@ impl Session {
                     text.lines()
                         .filter_map(|l| l.strip_prefix("data:"))
                         .map(str::trim)
-                        .filter(|d| d.contains("\"id\"") && !d.contains("\"method\""))
-                        .last()
+                        .rfind(|d| d.contains("\"id\"") && !d.contains("\"method\""))
                         .unwrap_or("")
                         .to_string()
                 };

@@ -16,6 +16,8 @@ pub const INVALID_REQUEST: i64 = -32600;
 pub const METHOD_NOT_FOUND: i64 = -32601;
 pub const INVALID_PARAMS: i64 = -32602;
 pub const INTERNAL_ERROR: i64 = -32603;
+/// A request delivered upstream and not answered in time (the MCP SDKs' code for a timeout).
+pub const REQUEST_TIMEOUT: i64 = -32001;
 /// The 2026-07-28 transport's code for `Mcp-Method`/`Mcp-Name` headers that disagree with the body.
 pub const HEADER_MISMATCH: i64 = -32020;
 

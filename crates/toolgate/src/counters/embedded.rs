@@ -151,8 +151,12 @@ impl EmbeddedStore {
             return Ok(());
         }
         let now = self.clock.now_ms();
-        self.counters
-            .retain(|_, c| !c.lock().expect("counter lock").is_idle(now));
+        self.counters.retain(|_, c| {
+            // A counter some call holds (it looked it up and is about to lock it) stays,
+            // idle or not: forgetting it would let that call count where no one looks.
+            // Lookups take the map's shard lock, which `retain` holds, so none can start.
+            Arc::strong_count(c) > 1 || !c.lock().expect("counter lock").is_idle(now)
+        });
         let counters = self
             .counters
             .iter()

@@ -25,14 +25,18 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 const RESERVE: &str = r#"
--- KEYS: the call's counters. ARGV: buckets per window, then window_ms and max per key.
+-- KEYS[1]: this call's id key; KEYS[2..]: the call's counters.
+-- ARGV: buckets per window, then window_ms and max per counter.
+-- A call id already present means the gateway gave up on this call (see CANCEL): do nothing.
+if redis.call('EXISTS', KEYS[1]) == 1 then return {2} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local B = tonumber(ARGV[1])
 local seen = {}
-for i, key in ipairs(KEYS) do
-  local w = tonumber(ARGV[2 * i])
-  local max = tonumber(ARGV[2 * i + 1])
+for i = 2, #KEYS do
+  local key = KEYS[i]
+  local w = tonumber(ARGV[2 * (i - 1)])
+  local max = tonumber(ARGV[2 * (i - 1) + 1])
   local flat = redis.call('HGETALL', key)
   local counts, lasts = {}, {}
   for j = 1, #flat, 2 do
@@ -54,12 +58,13 @@ for i, key in ipairs(KEYS) do
       used = used - e[2]
       if used < max then retry = e[1] + w - now break end
     end
-    return {0, i, retry}
+    return {0, i - 1, retry}
   end
   seen[i] = {w, counts}
 end
 local out = {1}
-for i, key in ipairs(KEYS) do
+for i = 2, #KEYS do
+  local key = KEYS[i]
   local w, counts = seen[i][1], seen[i][2]
   local g = math.floor(w / B)
   local b = math.floor(now / g)
@@ -70,9 +75,30 @@ for i, key in ipairs(KEYS) do
     if old < b - B then redis.call('HDEL', key, 'c:' .. old, 'l:' .. old) end
   end
   redis.call('PEXPIRE', key, 2 * w)
-  out[i + 1] = b
+  redis.call('HSET', KEYS[1], key, b)
+  out[i] = b
 end
+redis.call('PEXPIRE', KEYS[1], 120000)
 return out
+"#;
+
+/// Sent when a reservation's answer did not come in time: the script may run later (Redis
+/// was slow or paused), and a call the agent was told is refused must not count. Releases
+/// what the call took if it ran; otherwise leaves a mark so that it never will.
+const CANCEL: &str = r#"
+-- KEYS[1]: the call's id key; KEYS[2..]: its counters (declared for cluster routing).
+local m = redis.call('HGETALL', KEYS[1])
+for j = 1, #m, 2 do
+  if m[j] ~= '_' then
+    local f = 'c:' .. m[j + 1]
+    local c = tonumber(redis.call('HGET', m[j], f) or '0')
+    if c > 0 then redis.call('HINCRBY', m[j], f, -1) end
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], '_', 'cancelled')
+redis.call('PEXPIRE', KEYS[1], 120000)
+return 1
 "#;
 
 const RELEASE: &str = r#"
@@ -90,6 +116,7 @@ pub struct RedisStore {
     connection: OnceCell<ConnectionManager>,
     reserve: redis::Script,
     release: redis::Script,
+    cancel: redis::Script,
 }
 
 impl RedisStore {
@@ -102,6 +129,7 @@ impl RedisStore {
             connection: OnceCell::new(),
             reserve: redis::Script::new(RESERVE),
             release: redis::Script::new(RELEASE),
+            cancel: redis::Script::new(CANCEL),
         })
     }
 
@@ -132,6 +160,35 @@ impl RedisStore {
         pong.map(|_| ()).map_err(|e| StoreError(e.to_string()))
     }
 
+    /// Cancels a reservation whose answer never came, retrying until Redis answers (for at
+    /// most the two minutes the call's id key lives).
+    fn cancel_later(
+        &self,
+        mut conn: ConnectionManager,
+        call_key: String,
+        counter_keys: Vec<String>,
+    ) {
+        let script = self.cancel.clone();
+        tokio::spawn(async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(110);
+            while std::time::Instant::now() < deadline {
+                let mut invocation = script.prepare_invoke();
+                invocation.key(&call_key);
+                for k in &counter_keys {
+                    invocation.key(k);
+                }
+                let done: Result<Result<i64, _>, _> =
+                    tokio::time::timeout(RESPONSE_TIMEOUT * 4, invocation.invoke_async(&mut conn))
+                        .await;
+                if matches!(done, Ok(Ok(_))) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            tracing::error!("could not cancel a timed-out counter reservation; it may count once");
+        });
+    }
+
     fn key(k: &CounterKey) -> String {
         format!("toolgate:{{{}}}:{}", k.server, k.text())
     }
@@ -142,20 +199,38 @@ impl CounterStore for RedisStore {
         let mut needs: Vec<&Need> = needs.iter().collect();
         needs.sort_by(|a, b| a.key.cmp(&b.key).then(a.max.cmp(&b.max)));
         needs.dedup_by(|a, b| a.key == b.key);
+        let Some(first) = needs.first() else {
+            return Ok(Ok(Reservation::default()));
+        };
+        let call_key = format!(
+            "toolgate:{{{}}}:call:{:016x}",
+            first.key.server,
+            rand::random::<u64>()
+        );
+        let counter_keys: Vec<String> = needs.iter().map(|n| Self::key(&n.key)).collect();
         let mut conn = self.connection().await?;
         let mut invocation = self.reserve.prepare_invoke();
-        invocation.arg(BUCKETS);
-        for n in &needs {
-            invocation
-                .key(Self::key(&n.key))
-                .arg(window_ms(n.window))
-                .arg(n.max);
+        invocation.key(&call_key).arg(BUCKETS);
+        for (n, key) in needs.iter().zip(&counter_keys) {
+            invocation.key(key).arg(window_ms(n.window)).arg(n.max);
         }
-        let answer: Vec<i64> =
-            tokio::time::timeout(RESPONSE_TIMEOUT * 2, invocation.invoke_async(&mut conn))
+        let answer: Result<Vec<i64>, StoreError> =
+            match tokio::time::timeout(RESPONSE_TIMEOUT * 2, invocation.invoke_async(&mut conn))
                 .await
-                .map_err(|_| StoreError("Redis did not answer in time".into()))?
-                .map_err(|e| StoreError(e.to_string()))?;
+            {
+                Ok(result) => result.map_err(|e| StoreError(e.to_string())),
+                Err(_) => Err(StoreError("Redis did not answer in time".into())),
+            };
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                // Whatever went wrong (a timeout, a dropped connection), the script may have
+                // reached Redis and may still run: cancel it, in the background, so that a
+                // call refused here never counts there. Cancelling is harmless if it never ran.
+                self.cancel_later(conn, call_key, counter_keys);
+                return Err(e);
+            }
+        };
         match answer.as_slice() {
             [1, buckets @ ..] if buckets.len() == needs.len() => Ok(Ok(Reservation {
                 taken: needs

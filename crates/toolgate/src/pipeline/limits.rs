@@ -120,7 +120,7 @@ pub fn settle(counters: &Arc<Counters>, reservation: Option<Reservation>, reply:
                             && env.kind() == Ok(Kind::Response)
                         {
                             let r = pending.take().expect("checked above");
-                            if env.error.is_some() {
+                            if failed(&e.data) {
                                 release(r);
                             }
                         }
@@ -132,6 +132,19 @@ pub fn settle(counters: &Arc<Counters>, reservation: Option<Reservation>, reply:
     }
 }
 
+/// Whether the call failed upstream, so that it did not happen: a JSON-RPC error, except a
+/// timeout (the upstream got the call and may still carry it out, so it keeps its count).
 fn failed(body: &[u8]) -> bool {
-    Envelope::parse(body).is_ok_and(|e| e.error.is_some())
+    #[derive(serde::Deserialize)]
+    struct Code {
+        code: Option<i64>,
+    }
+    Envelope::parse(body).is_ok_and(|e| {
+        e.error.is_some_and(|err| {
+            serde_json::from_str::<Code>(err.get())
+                .ok()
+                .and_then(|c| c.code)
+                != Some(crate::jsonrpc::REQUEST_TIMEOUT)
+        })
+    })
 }

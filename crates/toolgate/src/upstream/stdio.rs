@@ -450,7 +450,7 @@ impl Child {
         let first = match tokio::time::timeout(timeout, rx.recv()).await {
             Ok(Some(item)) => item,
             Ok(None) => return internal_error(original_id, "upstream server exited"),
-            Err(_) => return internal_error(original_id, "upstream server did not answer in time"),
+            Err(_) => return timed_out(original_id),
         };
         match first {
             Item::Final(body) => Reply::Json {
@@ -470,11 +470,19 @@ impl Child {
                             Ok(Some(Item::Final(m))) => {
                                 Some((Event::message(m), (None, guard, original_id)))
                             }
-                            Ok(None) | Err(_) => {
+                            Ok(None) => {
                                 let m = jsonrpc::error_response(
                                     Some(&original_id),
                                     jsonrpc::INTERNAL_ERROR,
-                                    "upstream server did not answer",
+                                    "upstream server exited",
+                                );
+                                Some((Event::message(m), (None, guard, original_id)))
+                            }
+                            Err(_) => {
+                                let m = jsonrpc::error_response(
+                                    Some(&original_id),
+                                    jsonrpc::REQUEST_TIMEOUT,
+                                    "upstream server did not answer in time",
                                 );
                                 Some((Event::message(m), (None, guard, original_id)))
                             }
@@ -586,6 +594,18 @@ impl Drop for PendingGuard {
         if let Ok(mut routes) = self.child.routes.lock() {
             routes.pending.remove(&self.id);
         }
+    }
+}
+
+/// The request was delivered but not answered in time: the upstream may still carry it out.
+fn timed_out(id: &str) -> Reply {
+    Reply::Json {
+        status: http::StatusCode::OK,
+        body: jsonrpc::error_response(
+            Some(id),
+            jsonrpc::REQUEST_TIMEOUT,
+            "upstream server did not answer in time",
+        ),
     }
 }
 

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# End-to-end cost of the audit trail: the same allowed tools/call load (hey) sent directly to a
+# fast upstream, and through two toolgate gateways that differ only in `[audit] enabled` (both
+# with the allow-all policy, `arguments = "redacted"` for the audited one) - all in one run on
+# this machine. The two gateways are measured in alternation, ROUNDS times each, so that drift
+# of the machine falls on both alike; the table reports each round and the medians.
+#   bash bench/scripts/audit-cost.sh [REQUESTS] [CONCURRENCY] [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${1:-20000}
+C=${2:-16}
+ROUNDS=${3:-3}
+command -v hey >/dev/null || { echo "needs hey (apt-get install hey)" >&2; exit 2; }
+cargo build --release -q -p toolgate -p toolgate-bench
+TMP=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+target/release/fast-upstream --port 0 >"$TMP/up.log" &
+pids+=($!)
+for _ in $(seq 50); do grep -q listening "$TMP/up.log" && break; sleep 0.1; done
+UP=$(grep -o 'http://[^ ]*' "$TMP/up.log")
+echo '{"version":"1","default":"allow"}' >"$TMP/plain.json"
+
+start_gateway() { # name enabled
+  cat >"$TMP/$1.toml" <<TOML
+listen = "127.0.0.1:0"
+state_dir = "$TMP/state-$1"
+[servers.up]
+url = "$UP"
+policy = "$TMP/plain.json"
+[grants.bench]
+server = "up"
+anonymous = true
+[audit]
+enabled = $2
+TOML
+  TOOLGATE_LOG=warn,toolgate=info target/release/toolgate serve --config "$TMP/$1.toml" 2>"$TMP/$1.log" &
+  pids+=($!)
+  for _ in $(seq 50); do grep -q 'listening on' "$TMP/$1.log" && break; sleep 0.1; done
+  grep -o 'listening on http://[0-9.:]*' "$TMP/$1.log" | grep -o 'http://.*'
+}
+GW_OFF=$(start_gateway off false)
+GW_ON=$(start_gateway on true)
+
+init='{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}'
+session() { curl -s -D - -o /dev/null "$1" -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' -d "$init" | tr -d '\r' | awk -F': ' 'tolower($1)=="mcp-session-id"{print $2}'; }
+# Arguments like a real call's: a few keys, one of them a secret the audit masks.
+call='{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"message":"select name from users","env":"dev","limit":10,"api_key":"k-123456"}}}'
+
+run() { # name url session
+  hey -n "$N" -c "$C" -m POST -T application/json -H 'Accept: application/json, text/event-stream' \
+    -H "Mcp-Session-Id: $3" -H 'MCP-Protocol-Version: 2025-06-18' -d "$call" "$2" >"$TMP/$1.hey"
+  local rps p50 p99 errors
+  rps=$(awk '/Requests\/sec/{print $2}' "$TMP/$1.hey")
+  p50=$(awk '/ 50% in/{print $3}' "$TMP/$1.hey")
+  p99=$(awk '/ 99% in/{print $3}' "$TMP/$1.hey")
+  errors=$(awk '/^Status code distribution/{f=1;next} f&&/\[[0-9]+\]/{gsub(/[\[\]]/,"",$1); if ($1!="200") e+=$2} END{print e+0}' "$TMP/$1.hey")
+  [ "$errors" = 0 ] || { echo "$1: $errors answers that are not 200" >&2; cat "$TMP/$1.hey" >&2; exit 1; }
+  echo "$1 $rps $p50 $p99"
+}
+s_off=$(session "$GW_OFF/mcp/up"); s_on=$(session "$GW_ON/mcp/up")
+# The load must be allowed calls answered by the upstream.
+for target in "$GW_OFF/mcp/up $s_off" "$GW_ON/mcp/up $s_on"; do
+  set -- $target
+  answer=$(curl -s "$1" -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' -H "Mcp-Session-Id: $2" -d "$call")
+  case $answer in *'"text":"echo '*) ;; *) echo "not an allowed call through $1: $answer" >&2; exit 1 ;; esac
+done
+# Warm-up (also lets each gateway fetch the upstream's tool list once per session).
+N=500 run warm "$GW_OFF/mcp/up" "$s_off" >/dev/null; N=500 run warm "$GW_ON/mcp/up" "$s_on" >/dev/null
+{
+  run direct "$UP" fast-upstream-session
+  for r in $(seq "$ROUNDS"); do
+    run "audit-off#$r" "$GW_OFF/mcp/up" "$s_off"
+    run "audit-on#$r" "$GW_ON/mcp/up" "$s_on"
+  done
+} >"$TMP/results"
+records=$(cat "$TMP"/state-on/audit/*.jsonl | wc -l)
+expected=$((ROUNDS * N + 501))
+[ "$records" -eq "$expected" ] || { echo "audited gateway: $records records for $expected calls" >&2; exit 1; }
+[ ! -d "$TMP/state-off/audit" ] || [ -z "$(ls -A "$TMP/state-off/audit")" ] || { echo "audit off wrote records" >&2; exit 1; }
+
+echo "| run ($N calls, $C concurrent) | req/s | p50 ms | p99 ms | throughput vs direct |"
+echo "|---|---|---|---|---|"
+direct=$(awk '$1=="direct"{print $2}' "$TMP/results")
+while read -r name rps p50 p99; do
+  ratio=$(awk -v a="$rps" -v b="$direct" 'BEGIN{printf "%.2f", a/b}')
+  p50ms=$(awk -v s="$p50" 'BEGIN{printf "%.3f", s*1000}')
+  p99ms=$(awk -v s="$p99" 'BEGIN{printf "%.3f", s*1000}')
+  echo "| $name | $rps | $p50ms | $p99ms | $ratio |"
+done <"$TMP/results"
+median() { sort -n | awk '{a[NR]=$1} END{print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+off=$(awk '$1 ~ /^audit-off#/{print $2}' "$TMP/results" | median)
+on=$(awk '$1 ~ /^audit-on#/{print $2}' "$TMP/results" | median)
+echo
+echo "median req/s: audit off $off, audit on $on; audit on/off = $(awk -v a="$on" -v b="$off" 'BEGIN{printf "%.3f", a/b}') ($records records written)"
