@@ -348,10 +348,16 @@ fn fail(e: impl std::fmt::Display, code: u8) -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime starts")
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // TOOLGATE_WORKER_THREADS: runtime threads (default: one per core).
+    if let Some(n) = std::env::var("TOOLGATE_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build().expect("tokio runtime starts")
 }
 
 fn parse_header(h: &str) -> Option<(http::HeaderName, http::HeaderValue)> {

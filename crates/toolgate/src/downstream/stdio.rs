@@ -15,6 +15,7 @@ use http::{HeaderMap, HeaderValue};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
+use super::trail::{Trail, new_request_id};
 use crate::answers;
 use crate::config::{Config, Credential, GrantConfig, ServerConfig, TransportConfig};
 use crate::gateway::Gateway;
@@ -50,9 +51,16 @@ pub struct LocalOptions {
 /// The in-process gateway of local mode.
 pub fn local_config(opts: &LocalOptions) -> Config {
     let mut cfg = Config::embedded_defaults();
-    if let Some(dir) = &opts.state_dir {
-        cfg.state_dir = dir.clone();
-    }
+    // A client starts local mode from any folder (often `/`): keep state in the user's state
+    // folder unless told otherwise.
+    cfg.state_dir = match &opts.state_dir {
+        Some(dir) => dir.clone(),
+        None => match (std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME")) {
+            (Some(x), _) if !x.is_empty() => PathBuf::from(x).join("toolgate"),
+            (_, Some(h)) if !h.is_empty() => PathBuf::from(h).join(".local/state/toolgate"),
+            _ => cfg.state_dir,
+        },
+    };
     let transport = match &opts.upstream {
         LocalUpstream::Command { command, args } => TransportConfig::Stdio {
             command: command.clone(),
@@ -206,24 +214,34 @@ impl Local {
     }
 
     async fn handle(&self, body: Bytes) {
-        let msg = match pipeline::read_message(&body) {
-            Ok(m) => m,
-            Err(r) => {
+        // Local mode is audited like the HTTP endpoint: tools/call and refusals.
+        let mut trail = Trail::start(LOCAL, &new_request_id());
+        trail.grant(&self.grant);
+        macro_rules! refuse {
+            ($r:expr) => {{
+                let r: pipeline::Refused = $r;
+                trail.refused(&self.gw, &r).await;
                 return self
                     .send_out(jsonrpc::error_response(r.id.as_deref(), r.code, &r.message))
                     .await;
-            }
+            }};
+        }
+        let msg = match pipeline::read_message(&body) {
+            Ok(m) => m,
+            Err(r) => refuse!(r),
         };
+        trail.method(msg.envelope.method());
         let headers = self.session_headers();
-        let refuse =
-            |r: pipeline::Refused| jsonrpc::error_response(r.id.as_deref(), r.code, &r.message);
         let binding = match pipeline::bind_session(&self.gw, &headers, &self.grant, &msg) {
             Ok(b) => b,
-            Err(r) => return self.send_out(refuse(r)).await,
+            Err(r) => refuse!(r),
         };
+        if let pipeline::Binding::Session(s) = &binding {
+            trail.session(Some(&s.id));
+        }
         let verdict = match pipeline::decide(&self.grant, &msg) {
             Ok(v) => v,
-            Err(r) => return self.send_out(refuse(r)).await,
+            Err(r) => refuse!(r),
         };
         let answer = match pipeline::forward(
             &self.gw,
@@ -238,7 +256,7 @@ impl Local {
         .await
         {
             Ok(a) => a,
-            Err(r) => return self.send_out(refuse(r)).await,
+            Err(r) => refuse!(r),
         };
         if let Some(id) = answer.new_session {
             *self.session.lock().expect("session lock") = Some(id.clone());
@@ -248,17 +266,44 @@ impl Local {
             Some(policy) => answers::filter_reply(answer.reply, policy),
             None => answer.reply,
         };
+        let mut trail = answer.decided.as_ref().map(|d| {
+            trail.decided(&self.gw, d);
+            trail
+        });
+        let forwarded_at = answer.forwarded_at;
         match reply {
-            Reply::Json { body, .. } => self.send_out(body).await,
+            Reply::Json { body, .. } => {
+                if let Some(t) = trail.take() {
+                    t.finish(&self.gw, 200, Some(&body), forwarded_at).await;
+                }
+                self.send_out(body).await
+            }
             Reply::Stream(mut events) => {
                 while let Some(e) = events.next().await {
                     if !e.data.is_empty() {
+                        if trail.is_some()
+                            && jsonrpc::Envelope::parse(&e.data)
+                                .is_ok_and(|env| env.kind() == Ok(Kind::Response))
+                        {
+                            trail
+                                .take()
+                                .expect("checked")
+                                .finish(&self.gw, 200, Some(&e.data), forwarded_at)
+                                .await;
+                        }
                         self.send_out(e.data).await;
                     }
+                }
+                if let Some(t) = trail.take() {
+                    t.finish(&self.gw, 502, None, forwarded_at).await;
                 }
             }
             Reply::Accepted => {}
             Reply::Status { status, .. } => {
+                if let Some(t) = trail.take() {
+                    t.finish(&self.gw, status.as_u16(), None, forwarded_at)
+                        .await;
+                }
                 if msg.kind == Kind::Request {
                     let text = format!("upstream server answered HTTP {status}");
                     self.send_out(jsonrpc::error_response(
