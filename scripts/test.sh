@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the README: lint, unit and end-to-end tests, then the MCP conformance
-# suite run directly and through the gateway. Needs the peers that .ci/run installs.
+# suite run directly and through the gateway, and schemathesis against the admin API's OpenAPI
+# document. Needs the peers that .ci/run installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,3 +10,4 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace
 cargo test --workspace
 TOOLGATE_BIN="$PWD/target/debug/toolgate" bash scripts/conformance.sh
+TOOLGATE_BIN="$PWD/target/debug/toolgate" bash scripts/schemathesis.sh

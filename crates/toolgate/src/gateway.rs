@@ -56,6 +56,9 @@ pub struct Gateway {
     compiled: Mutex<HashMap<(PolicyScope, u64), Arc<Loaded>>>,
     /// The store's `data_version` when the grant table was last built.
     seen_version: AtomicI64,
+    /// Held from reading the store to swapping the table, so that an older read can never
+    /// replace a newer table (a revoked token coming back to life).
+    refresh_lock: Mutex<()>,
     pub sessions: SessionTable,
     /// Children answering sessionless (2026-07-28) requests on stdio servers, one per grant
     /// so that grants never share a process.
@@ -136,6 +139,7 @@ impl Gateway {
             admin_token: std::sync::OnceLock::new(),
             compiled: Mutex::new(HashMap::new()),
             seen_version: AtomicI64::new(i64::MIN),
+            refresh_lock: Mutex::new(()),
             hosts: HostCheck::new(&config),
             servers,
             sessions: SessionTable::default(),
@@ -150,6 +154,7 @@ impl Gateway {
     /// Rebuilds the grant table from the config and the state store (after a grant or policy
     /// changed). Blocking I/O: call it off the request path.
     pub fn refresh(&self) -> Result<(), String> {
+        let _serial = self.refresh_lock.lock().unwrap_or_else(|p| p.into_inner());
         let version = self.state.data_version().map_err(|e| e.0)?;
         let stored = self.state.grants().map_err(|e| e.0)?;
         let latest = self.state.latest_policies().map_err(|e| e.0)?;
@@ -176,8 +181,27 @@ impl Gateway {
             current.insert(v.scope, loaded);
         }
         let table = GrantTable::build(&self.config, &self.policies, &stored, &current);
+        let live = table.grant_ids();
         self.grants.store(Arc::new(table));
         self.seen_version.store(version, Ordering::Relaxed);
+        // Sessions of a grant that is gone (revoked) end now, open streams included.
+        let orphaned = self.sessions.take_where(|s| !live.contains(&*s.grant.id));
+        if !orphaned.is_empty() {
+            tracing::info!(
+                sessions = orphaned.len(),
+                "ending the sessions of revoked grants"
+            );
+            for s in &orphaned {
+                s.ended.cancel();
+            }
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    for s in orphaned {
+                        s.close().await;
+                    }
+                });
+            }
+        }
         Ok(())
     }
 

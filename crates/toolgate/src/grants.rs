@@ -149,6 +149,15 @@ impl GrantTable {
         table
     }
 
+    /// The ids of every grant in the table.
+    pub fn grant_ids(&self) -> std::collections::HashSet<Arc<str>> {
+        self.by_digest
+            .values()
+            .chain(self.anonymous_by_server.values())
+            .map(|g| g.id.clone())
+            .collect()
+    }
+
     /// Decides who a request is, from its `Authorization` header, for `server`.
     pub fn authenticate(
         &self,

@@ -125,6 +125,19 @@ impl SessionTable {
         ended
     }
 
+    /// Removes the sessions `pred` picks and returns them (to be closed by the caller).
+    pub fn take_where(&self, pred: impl Fn(&Session) -> bool) -> Vec<Arc<Session>> {
+        let mut taken = Vec::new();
+        self.sessions.retain(|_, s| {
+            let take = pred(s);
+            if take {
+                taken.push(s.clone());
+            }
+            !take
+        });
+        taken
+    }
+
     /// Every session, removed: used at shutdown.
     pub fn drain(&self) -> Vec<Arc<Session>> {
         let ids: Vec<Arc<str>> = self.sessions.iter().map(|e| e.key().clone()).collect();

@@ -86,15 +86,15 @@ impl AdminClient {
         label: &str,
         policy: Option<&str>,
     ) -> Result<IssuedGrant, AdminError> {
-        let policy: Value = match policy {
-            // Sent as text inside the body so the gateway reads it strictly (duplicate keys).
-            Some(p) => serde_json::from_str(p)
-                .map_err(|e| AdminError::Invalid(format!("the policy is not JSON: {e}")))?,
-            None => Value::Null,
-        };
-        let body = serde_json::json!({"server": server, "label": label, "policy": policy});
-        self.call(Method::POST, "/grants", Some(body.to_string()))
-            .await
+        // The policy goes into the body as written, so that the gateway reads it strictly (a
+        // key written twice is refused there, as on the state directory), not re-encoded here.
+        let policy = policy.map_or("null", str::trim);
+        let body = format!(
+            r#"{{"server":{},"label":{},"policy":{policy}}}"#,
+            Value::from(server),
+            Value::from(label)
+        );
+        self.call(Method::POST, "/grants", Some(body)).await
     }
 
     pub async fn grants(&self) -> Result<Vec<GrantView>, AdminError> {

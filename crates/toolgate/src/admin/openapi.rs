@@ -33,6 +33,9 @@ pub fn document() -> Value {
     let common = |mut responses: serde_json::Map<String, Value>| {
         responses.insert("401".into(), unauthorized.clone());
         responses.insert("403".into(), forbidden.clone());
+        responses
+            .entry("400")
+            .or_insert_with(|| error_response("Bad request (parameters, path or body)"));
         Value::Object(responses)
     };
     let m = |pairs: Vec<(&str, Value)>| {
@@ -135,7 +138,7 @@ pub fn document() -> Value {
                         "created_at": {"type": ["integer", "null"]}, "rotated_at": {"type": ["integer", "null"]},
                         "revoked_at": {"type": ["integer", "null"]}}},
                 "NewGrant": {"type": "object", "required": ["server", "label"], "additionalProperties": false, "properties": {
-                    "server": {"type": "string"}, "label": {"type": "string"},
+                    "server": {"type": "string"}, "label": {"type": "string", "minLength": 1, "maxLength": 64},
                     "policy": {"type": ["object", "null"], "description": "The grant's own policy document"}}},
                 "IssuedGrant": {"type": "object", "required": ["grant", "token"], "properties": {
                     "grant": r("Grant"), "token": {"type": "string", "pattern": "^tg_"}}},

@@ -16,6 +16,8 @@
 //! - `policy`: the recorder behind a policy file of the test's, and the exact refusals.
 //! - `record`: what reached the recorder, one short line per message, compared whole.
 //! - `stdio`: `StdioClient`, MCP by hand over `toolgate run`'s stdin/stdout (local mode).
+//! - `admin`: the admin API with its token, operator commands run as processes, a gateway
+//!   restarted on its state directory, and `probe_policy` / `decided_by` (which version decided).
 //! - `coroot`: the real `mcp-coroot` server and `FakeCoroot`, the fake Coroot API it calls.
 //! - here: where the peers are, checked; a missing peer fails the test with what to install
 //!   (nothing is skipped).
@@ -24,6 +26,7 @@
 
 #![allow(dead_code)]
 
+mod admin;
 mod coroot;
 mod gateway;
 mod http;
@@ -37,7 +40,8 @@ mod stdio;
 // Each test binary uses its own part of the harness.
 #[allow(unused_imports)]
 pub use {
-    coroot::*, gateway::*, http::*, mcp::*, peers::*, policy::*, process::*, record::*, stdio::*,
+    admin::*, coroot::*, gateway::*, http::*, mcp::*, peers::*, policy::*, process::*, record::*,
+    stdio::*,
 };
 
 use std::path::{Path, PathBuf};
