@@ -11,3 +11,5 @@ cargo build --workspace
 cargo test --workspace
 TOOLGATE_BIN="$PWD/target/debug/toolgate" bash scripts/conformance.sh
 TOOLGATE_BIN="$PWD/target/debug/toolgate" bash scripts/schemathesis.sh
+# Benchmarks are not tests: a short smoke run checks that the instruments still work.
+bash bench/run.sh --smoke
