@@ -212,21 +212,60 @@ struct Writer {
     seq: u64,
     file: File,
     size: u64,
-    last_sync: Instant,
-    dirty: bool,
+    sync: Arc<Syncer>,
     last_retention: Instant,
+}
+
+/// Flushes the current segment to disk every `SYNC_EVERY`, on its own thread: an fdatasync
+/// can take milliseconds, and the writer must not stop acknowledging records meanwhile.
+struct Syncer {
+    file: std::sync::Mutex<File>,
+    dirty: std::sync::atomic::AtomicBool,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl Syncer {
+    fn run(self: Arc<Self>) {
+        while !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(SYNC_EVERY);
+            self.sync_now();
+        }
+    }
+
+    fn sync_now(&self) {
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            let file = self
+                .file
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .try_clone();
+            match file.and_then(|f| f.sync_data()) {
+                Ok(()) => {}
+                Err(e) => tracing::error!("cannot sync the audit journal: {e}"),
+            }
+        }
+    }
 }
 
 impl Writer {
     fn new(opts: Options, seq: u64) -> Result<Writer, String> {
-        let (file, size) = open_segment(&opts.dir, seq + 1)?;
+        let (file, size) = open_segment(&opts.dir, seq + 1, false)?;
+        let sync = Arc::new(Syncer {
+            file: std::sync::Mutex::new(file.try_clone().map_err(|e| e.to_string())?),
+            dirty: std::sync::atomic::AtomicBool::new(false),
+            stop: std::sync::atomic::AtomicBool::new(false),
+        });
+        let syncer = sync.clone();
+        std::thread::Builder::new()
+            .name("audit-sync".into())
+            .spawn(move || syncer.run())
+            .map_err(|e| format!("cannot start the audit syncer: {e}"))?;
         Ok(Writer {
             opts,
             seq,
             file,
             size,
-            last_sync: Instant::now(),
-            dirty: false,
+            sync,
             last_retention: Instant::now() - RETENTION_EVERY,
         })
     }
@@ -234,7 +273,7 @@ impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Job>, depth: Arc<AtomicUsize>) {
         let mut buf = Vec::with_capacity(64 * 1024);
         loop {
-            let first = match rx.recv_timeout(SYNC_EVERY) {
+            let first = match rx.recv_timeout(RETENTION_EVERY) {
                 Ok(job) => job,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     self.housekeeping();
@@ -255,36 +294,31 @@ impl Writer {
                 tracing::error!("cannot write the audit journal: {e}");
             }
             self.size += buf.len() as u64;
-            self.dirty = true;
+            self.sync.dirty.store(true, Ordering::Release);
             depth.fetch_sub(batch.len(), Ordering::Relaxed);
             for job in batch {
                 let _ = job.ack.send(());
             }
             self.housekeeping();
         }
-        self.sync();
-    }
-
-    fn sync(&mut self) {
-        if self.dirty {
-            if let Err(e) = self.file.sync_data() {
-                tracing::error!("cannot sync the audit journal: {e}");
-            }
-            self.dirty = false;
-        }
-        self.last_sync = Instant::now();
+        self.sync.stop.store(true, Ordering::Relaxed);
+        self.sync.sync_now();
     }
 
     fn housekeeping(&mut self) {
-        if self.last_sync.elapsed() >= SYNC_EVERY {
-            self.sync();
-        }
         if self.size >= self.opts.segment_bytes {
-            self.sync();
-            match open_segment(&self.opts.dir, self.seq + 1) {
-                Ok((file, size)) => {
+            // The full segment is synced once, here; then the syncer follows the new one.
+            if let Err(e) = self.file.sync_data() {
+                tracing::error!("cannot sync the audit journal: {e}");
+            }
+            match open_segment(&self.opts.dir, self.seq + 1, true).and_then(|(f, size)| {
+                let clone = f.try_clone().map_err(|e| e.to_string())?;
+                Ok((f, clone, size))
+            }) {
+                Ok((file, clone, size)) => {
                     self.file = file;
                     self.size = size;
+                    *self.sync.file.lock().unwrap_or_else(|p| p.into_inner()) = clone;
                 }
                 Err(e) => tracing::error!("cannot start a new audit segment: {e}"),
             }
@@ -327,11 +361,15 @@ impl Writer {
     }
 }
 
-fn open_segment(dir: &Path, first_seq: u64) -> Result<(File, u64), String> {
-    // Appending to the newest segment if it has room keeps small restarts in one file.
-    let path = segments(dir)
-        .pop()
-        .unwrap_or_else(|| dir.join(format!("audit-{first_seq:020}.jsonl")));
+/// The segment to write to: a new one named after its first record when `fresh`, else the
+/// newest one (so that restarts keep appending to it until it is full).
+fn open_segment(dir: &Path, first_seq: u64, fresh: bool) -> Result<(File, u64), String> {
+    let new = dir.join(format!("audit-{first_seq:020}.jsonl"));
+    let path = if fresh {
+        new
+    } else {
+        segments(dir).pop().unwrap_or(new)
+    };
     let file = OpenOptions::new()
         .create(true)
         .append(true)
@@ -432,6 +470,48 @@ mod tests {
             }),
             vec![50, 51],
             "else the newest"
+        );
+    }
+
+    #[test]
+    fn segments_roll_at_their_size_and_retention_keeps_the_total_under_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let audit = Audit::open(Options {
+            segment_bytes: 2_000,
+            max_bytes: 8_000,
+            ..options(dir.path())
+        })
+        .unwrap();
+        rt.block_on(async {
+            for i in 0..200 {
+                audit.write(rec(&format!("tool-{i}"))).await;
+            }
+        });
+        assert!(segments(dir.path()).len() > 3, "segments roll");
+        drop(audit);
+        // A new writer runs retention at once: the oldest segments go until the total fits.
+        let audit = Audit::open(Options {
+            segment_bytes: 2_000,
+            max_bytes: 8_000,
+            ..options(dir.path())
+        })
+        .unwrap();
+        rt.block_on(audit.write(rec("last")));
+        std::thread::sleep(Duration::from_millis(200));
+        let total: u64 = segments(dir.path())
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum();
+        assert!(total <= 8_000 + 2_000, "{total} bytes kept");
+        let kept = Audit::read(dir.path(), &Query::default());
+        assert_eq!(kept.last().unwrap().tool.as_deref(), Some("last"));
+        assert!(
+            kept.first().unwrap().seq > 1,
+            "the oldest records went first"
         );
     }
 

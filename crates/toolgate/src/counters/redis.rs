@@ -183,7 +183,7 @@ impl RedisStore {
                 if matches!(done, Ok(Ok(_))) {
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             tracing::error!("could not cancel a timed-out counter reservation; it may count once");
         });
