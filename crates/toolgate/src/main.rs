@@ -273,7 +273,7 @@ fn main() -> ExitCode {
                     );
                 }
             }
-            match runtime().block_on(serve(cfg)) {
+            match runtime().block_on(serve(cfg, matches!(cli.log_format, LogFormat::Json))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e, 1),
             }
@@ -416,7 +416,7 @@ fn policy_check(
     ExitCode::SUCCESS
 }
 
-async fn serve(cfg: Config) -> Result<(), String> {
+async fn serve(cfg: Config, json_logs: bool) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
@@ -437,9 +437,14 @@ async fn serve(cfg: Config) -> Result<(), String> {
     if let Some(token) = gw.init_admin_token(from_env.as_deref())? {
         // Shown once, on first start; only its hash is kept. Not through the log: logs are
         // collected and kept, this line should not be.
-        eprintln!(
-            "toolgate: admin token (shown once; keep it, or set TOOLGATE_ADMIN_TOKEN): {token}"
-        );
+        let message = "admin token (shown once; keep it, or set TOOLGATE_ADMIN_TOKEN)";
+        if json_logs {
+            // One JSON line like the log's, so that a log pipeline still parses stderr.
+            let line = serde_json::json!({"level": "WARN", "target": "toolgate", "fields": {"message": message, "admin_token": token}});
+            eprintln!("{line}");
+        } else {
+            eprintln!("toolgate: {message}: {token}");
+        }
     }
     tracing::info!("admin API at http://{addr}{}", toolgate::admin::api::PREFIX);
     // Kept alive for as long as the gateway serves: dropping it stops the watch.

@@ -296,7 +296,7 @@ pub fn audit(target: Target, command: AuditCommand) -> ExitCode {
         |q: &toolgate::audit::Query| -> Result<Vec<toolgate::audit::AuditRecord>, AdminError> {
             match &via {
                 Via::Api(c) => rt.block_on(c.audit(q)),
-                Via::Direct(a) => Ok(a.audit(q)),
+                Via::Direct(a) => a.audit(q),
             }
         };
     let print = |records: &[toolgate::audit::AuditRecord], json: bool| {
@@ -309,17 +309,25 @@ pub fn audit(target: Target, command: AuditCommand) -> ExitCode {
     };
     match command {
         AuditCommand::Tail { lines, follow } => {
+            // Asks for one more than shown, so that even `-n 0` learns where the trail ends
+            // and `--follow` then shows only what comes after.
             let mut q = toolgate::audit::Query {
-                limit: Some(lines),
+                limit: Some(lines + 1),
                 ..Default::default()
             };
+            let mut first = true;
             loop {
                 match fetch(&q) {
                     Ok(records) => {
-                        print(&records, target.json);
-                        if let Some(last) = records.last() {
-                            q.after_seq = Some(last.seq);
-                        }
+                        let shown = if first {
+                            &records[records.len().saturating_sub(lines)..]
+                        } else {
+                            &records[..]
+                        };
+                        print(shown, target.json);
+                        q.after_seq =
+                            Some(records.last().map_or(q.after_seq.unwrap_or(0), |r| r.seq));
+                        first = false;
                     }
                     Err(e) => return fail(e, 1),
                 }

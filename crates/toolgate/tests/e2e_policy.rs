@@ -305,7 +305,9 @@ fn hidden_tools_leave_every_page_and_answer_as_unknown() {
         ],
     );
     let agent = McpSession::open(&p.gw, "rec", Some(POLICY_TOKEN));
+    wait_for_record(&p.record, 2);
     let open = McpSession::open(&p.gw, "rec", Some(POLICY_OPEN_TOKEN));
+    wait_for_record(&p.record, 4);
     let mut expected = handshake();
     expected.extend(handshake());
     let hidden = ["exit", "env", "delete_project"];

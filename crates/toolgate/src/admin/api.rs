@@ -379,6 +379,6 @@ async fn audit(State(gw): State<Arc<Gateway>>, Query(p): Query<AuditParams>) -> 
     };
     reply(
         StatusCode::OK,
-        run(&gw, false, move |a| Ok(a.audit(&query))).await,
+        run(&gw, false, move |a| a.audit(&query)).await,
     )
 }

@@ -400,8 +400,12 @@ impl Admin {
     }
 
     /// Audit records matching `query`, oldest first.
-    pub fn audit(&self, query: &crate::audit::Query) -> Vec<crate::audit::AuditRecord> {
+    pub fn audit(
+        &self,
+        query: &crate::audit::Query,
+    ) -> Result<Vec<crate::audit::AuditRecord>, AdminError> {
         crate::audit::Audit::read(&self.config.state_dir.join("audit"), query)
+            .map_err(AdminError::Invalid)
     }
 
     /// Checks a document without storing it.

@@ -69,7 +69,21 @@ pub struct Query {
 }
 
 impl Query {
-    fn matches(&self, r: &AuditRecord) -> bool {
+    /// The time bounds in milliseconds; an error names a bound that is not an RFC 3339 time.
+    pub fn bounds(&self) -> Result<(Option<i64>, Option<i64>), String> {
+        let parse = |name: &str, v: &Option<String>| match v {
+            None => Ok(None),
+            Some(t) => super::record::parse_rfc3339(t).map(Some).ok_or_else(|| {
+                format!(
+                    "{name} {t:?} is not an RFC 3339 time (e.g. 2026-11-26T07:15:36Z) or a date"
+                )
+            }),
+        };
+        Ok((parse("since", &self.since)?, parse("until", &self.until)?))
+    }
+
+    fn matches(&self, r: &AuditRecord, since: Option<i64>, until: Option<i64>) -> bool {
+        let at = || super::record::parse_rfc3339(&r.time).unwrap_or(i64::MIN);
         self.grant
             .as_ref()
             .is_none_or(|g| r.grant_id.as_deref() == Some(g) || r.grant_label.as_deref() == Some(g))
@@ -81,14 +95,8 @@ impl Query {
                 .outcome
                 .as_ref()
                 .is_none_or(|o| r.outcome.is_some_and(|x| x.as_str() == o))
-            && self
-                .since
-                .as_ref()
-                .is_none_or(|s| r.time.as_str() >= s.as_str())
-            && self
-                .until
-                .as_ref()
-                .is_none_or(|u| r.time.as_str() < u.as_str())
+            && since.is_none_or(|s| at() >= s)
+            && until.is_none_or(|u| at() < u)
             && self.after_seq.is_none_or(|s| r.seq > s)
     }
 }
@@ -144,7 +152,8 @@ impl Audit {
     }
 
     /// Reads records back (oldest first), from a journal directory.
-    pub fn read(dir: &Path, query: &Query) -> Vec<AuditRecord> {
+    pub fn read(dir: &Path, query: &Query) -> Result<Vec<AuditRecord>, String> {
+        let (since, until) = query.bounds()?;
         let mut out = Vec::new();
         for segment in segments(dir) {
             let Ok(file) = File::open(&segment) else {
@@ -154,7 +163,7 @@ impl Audit {
                 let Ok(line) = line else { break };
                 // A torn last line (a crash mid-write of an unanswered call) is skipped.
                 if let Ok(r) = serde_json::from_str::<AuditRecord>(&line)
-                    && query.matches(&r)
+                    && query.matches(&r, since, until)
                 {
                     out.push(r);
                 }
@@ -169,7 +178,7 @@ impl Audit {
                 out.drain(..out.len() - limit);
             }
         }
-        out
+        Ok(out)
     }
 }
 
@@ -434,7 +443,7 @@ mod tests {
                     .await;
             });
             // Acknowledged means written: readable now, before any sync or shutdown.
-            let all = Audit::read(dir.path(), &Query::default());
+            let all = Audit::read(dir.path(), &Query::default()).unwrap();
             assert_eq!(all.len(), 50);
             let seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
             assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
@@ -446,7 +455,7 @@ mod tests {
             tool: Some("after".into()),
             ..Default::default()
         };
-        assert_eq!(Audit::read(dir.path(), &q)[0].seq, 51);
+        assert_eq!(Audit::read(dir.path(), &q).unwrap()[0].seq, 51);
         let q = Query {
             after_seq: Some(48),
             limit: Some(2),
@@ -454,6 +463,7 @@ mod tests {
         };
         let seqs = |q: &Query| {
             Audit::read(dir.path(), q)
+                .unwrap()
                 .iter()
                 .map(|r| r.seq)
                 .collect::<Vec<_>>()
@@ -507,7 +517,7 @@ mod tests {
             .map(|p| std::fs::metadata(p).unwrap().len())
             .sum();
         assert!(total <= 8_000 + 2_000, "{total} bytes kept");
-        let kept = Audit::read(dir.path(), &Query::default());
+        let kept = Audit::read(dir.path(), &Query::default()).unwrap();
         assert_eq!(kept.last().unwrap().tool.as_deref(), Some("last"));
         assert!(
             kept.first().unwrap().seq > 1,
@@ -519,14 +529,14 @@ mod tests {
     fn torn_lines_are_skipped_and_disabled_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("audit-00000000000000000001.jsonl"), b"{\"seq\":1,\"time\":\"t\",\"request_id\":\"r\",\"server\":\"s\",\"argument_keys\":[],\"http_status\":200,\"decision_us\":0}\n{\"seq\":2,\"ti").unwrap();
-        assert_eq!(Audit::read(dir.path(), &Query::default()).len(), 1);
+        assert_eq!(Audit::read(dir.path(), &Query::default()).unwrap().len(), 1);
         // A writer opened after the crash ends the torn line and appends cleanly.
         let audit = Audit::open(options(dir.path())).unwrap();
         tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
             .block_on(audit.write(rec("next")));
-        let all = Audit::read(dir.path(), &Query::default());
+        let all = Audit::read(dir.path(), &Query::default()).unwrap();
         assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
         let off = Audit::open(Options {
             enabled: false,

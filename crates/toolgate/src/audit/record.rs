@@ -92,6 +92,8 @@ const CUT_AT: usize = 256;
 pub struct Redactor {
     secret_keys: regex::Regex,
     secret_values: regex::RegexSet,
+    /// The same patterns one by one, to mask matches inside free text.
+    secret_value_list: Vec<regex::Regex>,
 }
 
 /// Argument names whose values are secrets.
@@ -118,9 +120,14 @@ impl Redactor {
                 .map_err(|e| format!("audit.secret_patterns: {p:?} is not a valid regex: {e}"))?;
             values.push(p.clone());
         }
+        let secret_value_list = values
+            .iter()
+            .map(|v| regex::Regex::new(v).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
         Ok(Redactor {
             secret_keys: regex::Regex::new(SECRET_KEYS).expect("built-in pattern compiles"),
             secret_values: regex::RegexSet::new(&values).map_err(|e| e.to_string())?,
+            secret_value_list,
         })
     }
 
@@ -130,6 +137,18 @@ impl Redactor {
 
     pub fn is_secret_value(&self, s: &str) -> bool {
         self.secret_values.is_match(s)
+    }
+
+    /// Free text with every secret-looking match masked.
+    pub fn redact_text(&self, text: &str) -> String {
+        if !self.secret_values.is_match(text) {
+            return text.to_string();
+        }
+        let mut out = text.to_string();
+        for re in &self.secret_value_list {
+            out = re.replace_all(&out, MASK).into_owned();
+        }
+        out
     }
 
     /// The arguments as a record keeps them in `mode` (None in `keys` mode).
@@ -146,7 +165,8 @@ impl Redactor {
             Value::Object(m) => Value::Object(
                 m.iter()
                     .map(|(k, v)| {
-                        let masked = if self.is_secret_key(k) && !v.is_object() && !v.is_array() {
+                        // Under a secret name everything is masked, objects and lists included.
+                        let masked = if self.is_secret_key(k) {
                             Value::String(MASK.into())
                         } else {
                             self.mask(v, cut)
@@ -156,7 +176,7 @@ impl Redactor {
                     .collect(),
             ),
             Value::Array(items) => Value::Array(items.iter().map(|i| self.mask(i, cut)).collect()),
-            Value::String(s) if self.is_secret_value(s) => Value::String(MASK.into()),
+            Value::String(s) if self.is_secret_value(s) => Value::String(self.redact_text(s)),
             Value::String(s) if cut && s.chars().count() > CUT_AT => Value::String(format!(
                 "{}… ({} chars)",
                 s.chars().take(CUT_AT).collect::<String>(),
@@ -197,6 +217,60 @@ pub fn rfc3339(ms: i64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 time (`2026-11-26T07:15:36Z`,
+/// `…36.703+01:00`) or a date (`2026-11-26`, midnight UTC); None when it is neither.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    let t = text.trim();
+    let num = |s: &str| -> Option<i64> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok())?
+    };
+    let (date, rest) = match t.find(['T', 't', ' ']) {
+        Some(i) => (&t[..i], Some(&t[i + 1..])),
+        None => (t, None),
+    };
+    let mut d = date.split('-');
+    let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    if d.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Days from civil (the inverse of `rfc3339`'s).
+    let yy = if m <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let Some(rest) = rest else {
+        return Some(days * 86_400_000);
+    };
+    let (clock, offset_ms) = if let Some(c) = rest.strip_suffix(['Z', 'z']) {
+        (c, 0)
+    } else {
+        let i = rest.rfind(['+', '-'])?;
+        let (c, off) = (&rest[..i], &rest[i..]);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let mut hm = off[1..].split(':');
+        let (oh, om) = (num(hm.next()?)?, num(hm.next()?)?);
+        (c, sign * (oh * 3600 + om * 60) * 1000)
+    };
+    let (hms, frac) = match clock.split_once('.') {
+        Some((a, f)) => (a, f),
+        None => (clock, ""),
+    };
+    let mut c = hms.split(':');
+    let (h, mi, sec) = (num(c.next()?)?, num(c.next()?)?, num(c.next()?)?);
+    if c.next().is_some() || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let millis = if frac.is_empty() {
+        0
+    } else {
+        num(&format!("{frac:0<3}")[..3])?
+    };
+    Some(days * 86_400_000 + (h * 3600 + mi * 60 + sec) * 1000 + millis - offset_ms)
 }
 
 #[cfg(test)]
@@ -251,6 +325,31 @@ mod tests {
                 .len(),
             1000
         );
+    }
+
+    #[test]
+    fn parses_what_it_prints_and_common_forms() {
+        for ms in [0, 1_795_674_840_123, 951_782_400_000] {
+            assert_eq!(parse_rfc3339(&rfc3339(ms)), Some(ms));
+        }
+        assert_eq!(
+            parse_rfc3339("2026-11-26T06:34:00Z"),
+            Some(1_795_674_840_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-26T07:34:00+01:00"),
+            Some(1_795_674_840_000)
+        );
+        assert_eq!(parse_rfc3339("2026-11-26"), Some(1_795_651_200_000));
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01",
+            "2026-11-26T25:00:00Z",
+            "2026-11-26T06:34Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -120,6 +120,7 @@ async fn handle_post(
         Ok(v) => v,
         Err(r) => refuse!(r),
     };
+    let decided = verdict.decided().cloned();
     let answer = match pipeline::forward(
         &gw,
         &server,
@@ -133,7 +134,14 @@ async fn handle_post(
     .await
     {
         Ok(a) => a,
-        Err(r) => refuse!(r),
+        Err(r) => {
+            // Allowed, then failed on the way (the upstream's tool list could not be read):
+            // the record keeps the decision.
+            if let Some(d) = &decided {
+                trail.decided(&gw, d);
+            }
+            refuse!(r)
+        }
     };
     let reply = match answer.list_filter {
         Some(policy) => answers::filter_reply(answer.reply, policy),

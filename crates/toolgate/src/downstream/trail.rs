@@ -77,9 +77,18 @@ impl Trail {
 
     /// A request refused before (or instead of) a decision.
     pub async fn refused(mut self, gw: &Gateway, r: &Refused) {
-        self.record.outcome = Some(Outcome::Refused);
+        if let Some(g) = &r.grant {
+            self.grant(g);
+        }
+        // Only a call that was never decided is just "refused"; one allowed by the policy
+        // that failed on the way to the upstream keeps its decision and is an upstream error.
+        self.record.outcome = Some(match self.record.outcome {
+            Some(Outcome::Allow) => Outcome::UpstreamError,
+            _ => Outcome::Refused,
+        });
         self.record.http_status = r.status.as_u16();
-        self.record.message = Some(r.message.clone());
+        // A refusal may quote what the agent sent (a parser error does): mask secrets in it.
+        self.record.message = Some(gw.audit.redactor.redact_text(&r.message));
         self.record.decision_us = self.started.elapsed().as_micros() as u64;
         telemetry::refused(r.status.as_u16());
         gw.audit.write(self.record).await;

@@ -46,6 +46,16 @@ impl Decided {
     }
 }
 
+impl Verdict {
+    /// What was decided about a `tools/call` (None for other messages).
+    pub fn decided(&self) -> Option<&Decided> {
+        match self {
+            Verdict::Answer(_, d) => Some(d),
+            Verdict::Forward { call, .. } => call.as_ref().map(|c| &c.decided),
+        }
+    }
+}
+
 /// A `tools/call` the policy allows, and what the later steps must still do with it.
 pub struct AllowedCall {
     /// Set when the policy does not name the tool (the default allowed it): the upstream must

@@ -43,6 +43,8 @@ pub struct Refused {
     pub message: String,
     /// Raw JSON of the request id, when one was read.
     pub id: Option<String>,
+    /// The grant, when known (a token used on another server's endpoint), for the audit.
+    pub grant: Option<Arc<Grant>>,
 }
 
 impl Refused {
@@ -52,6 +54,7 @@ impl Refused {
             code,
             message: message.into(),
             id: None,
+            grant: None,
         }
     }
 
@@ -115,11 +118,14 @@ pub fn admit(
                 jsonrpc::INVALID_REQUEST,
                 "Unauthorized: a valid grant token is required (Authorization: Bearer ...)",
             ),
-            DoorRefusal::WrongServer => Refused::new(
-                StatusCode::FORBIDDEN,
-                jsonrpc::INVALID_REQUEST,
-                "Forbidden: this grant is not for this server",
-            ),
+            DoorRefusal::WrongServer(grant) => Refused {
+                grant: Some(grant),
+                ..Refused::new(
+                    StatusCode::FORBIDDEN,
+                    jsonrpc::INVALID_REQUEST,
+                    "Forbidden: this grant is not for this server",
+                )
+            },
         })
 }
 

@@ -94,6 +94,19 @@ pub fn gateway_lists(path: &Path) -> usize {
         .count()
 }
 
+/// Waits until the record holds at least `n` entries (a notification is relayed after its
+/// 202, so the next session's handshake could otherwise overtake it in the record).
+pub fn wait_for_record(path: &Path, n: usize) {
+    let reached = super::poll_until(std::time::Duration::from_secs(10), || {
+        summary(path).len() >= n
+    });
+    assert!(
+        reached,
+        "the record never reached {n} entries: {:#?}",
+        summary(path)
+    );
+}
+
 /// Asserts the record is exactly `expected`, leaving out the gateway's own listings and
 /// bodiless HTTP requests (GET streams, DELETE), whose number is the gateway's business.
 pub fn assert_record(path: &Path, expected: &[String], what: &str) {
