@@ -105,6 +105,8 @@ impl Trail {
     ) {
         self.record.http_status = http_status;
         if let Some(at) = forwarded_at {
+            // The decision ended when the call left for the upstream (`decided` runs after).
+            self.record.decision_us = at.saturating_duration_since(self.started).as_micros() as u64;
             let took = at.elapsed();
             self.record.upstream_us = Some(took.as_micros() as u64);
             telemetry::upstream(&self.record.server, took.as_secs_f64());
