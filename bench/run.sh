@@ -29,6 +29,8 @@ BIN=target/release
 TMP=$(mktemp -d)
 pids=()
 cleanup() {
+  # Gateways are started in subshells (process substitution): their pids are in files.
+  for f in "$TMP"/*/pid; do [[ -f $f ]] && pids+=("$(cat "$f")"); done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$TMP"
@@ -104,7 +106,7 @@ anonymous = true
 TOML
   TOOLGATE_LOG="warn,toolgate=info,toolgate::upstream=warn" TOOLGATE_ADMIN_TOKEN=bench "$BIN/toolgate" serve --config "$dir/toolgate.toml" 2>"$dir/log" &
   local pid=$!
-  pids+=("$pid")
+  echo "$pid" >"$dir/pid"
   wait_for "$dir/log" 'listening on' >/dev/null
   local port
   port=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$dir/log" | grep -o '[0-9]*$')

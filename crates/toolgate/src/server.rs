@@ -38,6 +38,11 @@ pub async fn serve(gw: Arc<Gateway>, listener: tokio::net::TcpListener) -> std::
     gw.start_background();
     let shutdown = gw.shutdown.clone();
     let grace = gw.config.shutdown_grace;
+    use axum::serve::ListenerExt;
+    // A proxy answers with small writes: never let Nagle's algorithm hold one back.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, router(gw.clone())).with_graceful_shutdown(async move {
         wait_for_signal().await;
         tracing::info!("shutting down: finishing calls in flight");
