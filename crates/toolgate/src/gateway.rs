@@ -76,13 +76,7 @@ impl Gateway {
     /// Builds the gateway's state; fails when a policy file or the counter store cannot be
     /// opened.
     pub fn new(config: Config) -> Result<Gateway, String> {
-        let mut policies = PolicySet::default();
-        for server in &config.servers {
-            if let Some(path) = &server.policy {
-                policies.load(path).map_err(|e| e.to_string())?;
-            }
-        }
-        GrantTable::from_config(&config, &mut policies).map_err(|e| e.to_string())?;
+        let policies = PolicySet::from_config(&config).map_err(|e| e.to_string())?;
         let state = Arc::new(SqliteStore::open(&config.state_dir).map_err(|e| e.to_string())?);
         let counters = Arc::new(match &config.counters.backend {
             CounterBackend::Embedded => Counters::Embedded(Arc::new(EmbeddedStore::open(

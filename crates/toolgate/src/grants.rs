@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{Config, Credential};
-use crate::policies::{LoadError, Loaded, PolicyFile, PolicySet};
+use crate::policies::{Loaded, PolicyFile, PolicySet};
 use crate::state::{PolicyScope, StoredGrant};
 
 /// Where a grant's policy comes from: a watched file of the config, or a version applied
@@ -65,17 +65,11 @@ pub fn digest(token: &str) -> Digest32 {
 }
 
 impl GrantTable {
-    /// Builds the table from the config alone, loading its policy files into `policies`.
-    pub fn from_config(config: &Config, policies: &mut PolicySet) -> Result<GrantTable, LoadError> {
-        for path in config
-            .grants
-            .iter()
-            .filter_map(|g| g.policy.as_ref())
-            .chain(config.servers.iter().filter_map(|s| s.policy.as_ref()))
-        {
-            policies.load(path)?;
-        }
-        Ok(GrantTable::build(config, policies, &[], &HashMap::new()))
+    /// Builds the table from the config alone (its policy files loaded on the way).
+    #[cfg(test)]
+    pub fn from_config(config: &Config) -> Result<GrantTable, crate::policies::LoadError> {
+        let policies = PolicySet::from_config(config)?;
+        Ok(GrantTable::build(config, &policies, &[], &HashMap::new()))
     }
 
     /// Builds the table from the config's grants and the store's live grants. A grant's policy
@@ -239,7 +233,7 @@ anonymous = true
             &Env,
         )
         .unwrap();
-        GrantTable::from_config(&cfg, &mut PolicySet::default()).unwrap()
+        GrantTable::from_config(&cfg).unwrap()
     }
 
     #[test]

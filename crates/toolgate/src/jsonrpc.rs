@@ -125,6 +125,16 @@ impl<'a> Envelope<'a> {
     }
 }
 
+/// Whether a message is a JSON-RPC response (to find the answer in a stream of messages).
+pub fn is_response(message: &[u8]) -> bool {
+    Envelope::parse(message).is_ok_and(|e| e.kind() == Ok(Kind::Response))
+}
+
+/// Whether a message is a response carrying a result (not an error).
+pub fn is_result(message: &[u8]) -> bool {
+    Envelope::parse(message).is_ok_and(|e| e.result.is_some())
+}
+
 /// True when the body's first non-blank byte opens an array.
 pub fn is_batch(body: &[u8]) -> bool {
     body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')

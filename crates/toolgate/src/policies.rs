@@ -121,6 +121,16 @@ impl std::fmt::Display for LoadError {
 }
 
 impl PolicySet {
+    /// Every policy file the config names (its grants' and its servers'), each loaded once.
+    pub fn from_config(config: &crate::config::Config) -> Result<PolicySet, LoadError> {
+        let mut set = PolicySet::default();
+        let grants = config.grants.iter().filter_map(|g| g.policy.as_ref());
+        for path in grants.chain(config.servers.iter().filter_map(|s| s.policy.as_ref())) {
+            set.load(path)?;
+        }
+        Ok(set)
+    }
+
     /// Loads (or returns the already loaded) policy at `path`.
     pub fn load(&mut self, path: &Path) -> Result<Arc<PolicyFile>, LoadError> {
         // Absolute, so that the watcher's event paths compare equal to it.

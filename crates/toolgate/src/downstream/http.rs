@@ -206,7 +206,7 @@ async fn render_audited(
                 move |(mut events, mut trail, gw)| async move {
                     match events.next().await {
                         Some(e) => {
-                            if trail.is_some() && is_response(&e.data) {
+                            if trail.is_some() && jsonrpc::is_response(&e.data) {
                                 trail
                                     .take()
                                     .expect("checked")
@@ -389,7 +389,7 @@ async fn render(gw: &Gateway, reply: Reply, accepts_sse: bool) -> Response {
             // The agent takes only JSON: answer with the response and drop what came before
             // it (notifications meant for a stream the agent does not read).
             while let Some(event) = events.next().await {
-                if is_response(&event.data) {
+                if jsonrpc::is_response(&event.data) {
                     return (
                         StatusCode::OK,
                         [(header::CONTENT_TYPE, "application/json")],
@@ -406,10 +406,6 @@ async fn render(gw: &Gateway, reply: Reply, accepts_sse: bool) -> Response {
             .into_response()
         }
     }
-}
-
-fn is_response(data: &[u8]) -> bool {
-    jsonrpc::Envelope::parse(data).is_ok_and(|e| e.kind() == Ok(jsonrpc::Kind::Response))
 }
 
 fn sse_response(gw: &Gateway, events: futures_util::stream::BoxStream<'static, Event>) -> Response {

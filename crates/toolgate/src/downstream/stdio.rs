@@ -281,10 +281,7 @@ impl Local {
             Reply::Stream(mut events) => {
                 while let Some(e) = events.next().await {
                     if !e.data.is_empty() {
-                        if trail.is_some()
-                            && jsonrpc::Envelope::parse(&e.data)
-                                .is_ok_and(|env| env.kind() == Ok(Kind::Response))
-                        {
+                        if trail.is_some() && jsonrpc::is_response(&e.data) {
                             trail
                                 .take()
                                 .expect("checked")

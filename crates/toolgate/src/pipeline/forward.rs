@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
 use super::decide::{AllowedCall, Decided, Verdict};
-use super::{Answer, Binding, Message, Refused, STATELESS_VERSION, accepts_sse, is_result, limits};
+use super::{Answer, Binding, Message, Refused, STATELESS_VERSION, accepts_sse, limits};
 use crate::answers;
 use crate::audit::Outcome;
 use crate::gateway::{Gateway, Upstream};
@@ -230,33 +230,8 @@ pub async fn forward(
         };
     }
 
-    match binding {
-        Binding::Session(ref session) => {
-            let forwarded_at = Some(std::time::Instant::now());
-            let reply = send_on(gw, upstream, &grant, &binding, &out).await;
-            let reply = match reply {
-                Ok(r) => r,
-                Err(refused) => {
-                    if let Some(r) = reservation {
-                        gw.counters_release(r);
-                    }
-                    return Err(refused);
-                }
-            };
-            // The upstream forgot the session (it restarted): forget it too, so the agent's
-            // next request gets 404 and it re-initializes.
-            if matches!(&reply, Reply::Status { status, .. } if *status == StatusCode::NOT_FOUND)
-                && let Some(s) = gw.sessions.remove(&session.id)
-            {
-                s.close().await;
-            }
-            answer(
-                limits::settle(&gw.counters, reservation, reply),
-                None,
-                forwarded_at,
-            )
-        }
-        Binding::New => match upstream {
+    if let Binding::New = binding {
+        return match upstream {
             Upstream::Stdio(server) => {
                 let (session, reply) = StdioSession::start(server.clone(), &out).await;
                 let new = session.map(|s| {
@@ -270,7 +245,7 @@ pub async fn forward(
             Upstream::Http(server) => {
                 let (reply, upstream_id) = server.post(None, &out).await;
                 let opened = match &reply {
-                    Reply::Json { body, .. } => is_result(body),
+                    Reply::Json { body, .. } => jsonrpc::is_result(body),
                     Reply::Stream(_) => true,
                     _ => false,
                 };
@@ -287,25 +262,32 @@ pub async fn forward(
                 });
                 answer(reply, new, None)
             }
-        },
-        Binding::Stateless => {
-            let forwarded_at = Some(std::time::Instant::now());
-            let reply = match send_on(gw, upstream, &grant, &binding, &out).await {
-                Ok(r) => r,
-                Err(refused) => {
-                    if let Some(r) = reservation {
-                        gw.counters_release(r);
-                    }
-                    return Err(refused);
-                }
-            };
-            answer(
-                limits::settle(&gw.counters, reservation, reply),
-                None,
-                forwarded_at,
-            )
-        }
+        };
     }
+    // An open session or a stateless request: send, then settle the counters on the answer.
+    let forwarded_at = Some(std::time::Instant::now());
+    let reply = match send_on(gw, upstream, &grant, &binding, &out).await {
+        Ok(r) => r,
+        Err(refused) => {
+            if let Some(r) = reservation {
+                gw.counters_release(r);
+            }
+            return Err(refused);
+        }
+    };
+    // The upstream forgot the session (it restarted): forget it too, so the agent's next
+    // request gets 404 and it re-initializes.
+    if let Binding::Session(session) = &binding
+        && matches!(&reply, Reply::Status { status, .. } if *status == StatusCode::NOT_FOUND)
+        && let Some(s) = gw.sessions.remove(&session.id)
+    {
+        s.close().await;
+    }
+    answer(
+        limits::settle(&gw.counters, reservation, reply),
+        None,
+        forwarded_at,
+    )
 }
 
 async fn reserve(

@@ -16,7 +16,7 @@ use crate::audit::Outcome;
 use crate::counters::{CounterKey, CounterStore, Counters, Need, Reservation};
 use crate::gateway::Gateway;
 use crate::grants::Grant;
-use crate::jsonrpc::{Envelope, Kind};
+use crate::jsonrpc::Envelope;
 use crate::upstream::Reply;
 
 /// Rule named when the counter store cannot be asked and `on_error` is deny.
@@ -115,10 +115,7 @@ pub fn settle(counters: &Arc<Counters>, reservation: Option<Reservation>, reply:
             Reply::Stream(
                 events
                     .inspect(move |e| {
-                        if pending.is_some()
-                            && let Ok(env) = Envelope::parse(&e.data)
-                            && env.kind() == Ok(Kind::Response)
-                        {
+                        if pending.is_some() && crate::jsonrpc::is_response(&e.data) {
                             let r = pending.take().expect("checked above");
                             if failed(&e.data) {
                                 release(r);

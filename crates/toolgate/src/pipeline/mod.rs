@@ -249,12 +249,6 @@ pub fn bind_session(
     }
 }
 
-fn is_result(body: &[u8]) -> bool {
-    Envelope::parse(body)
-        .map(|e| e.result.is_some())
-        .unwrap_or(false)
-}
-
 /// Whether the agent reads SSE answers. No `Accept` at all is read as "anything".
 pub fn accepts_sse(headers: &HeaderMap) -> bool {
     let mut any = false;

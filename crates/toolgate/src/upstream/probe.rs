@@ -33,7 +33,7 @@ pub async fn response_of(reply: Reply) -> Result<Bytes, String> {
         Reply::Json { body, .. } => Ok(body),
         Reply::Stream(mut events) => {
             while let Some(e) = events.next().await {
-                if Envelope::parse(&e.data).is_ok_and(|env| env.kind() == Ok(Kind::Response)) {
+                if crate::jsonrpc::is_response(&e.data) {
                     return Ok(e.data);
                 }
             }

@@ -406,10 +406,17 @@ impl Child {
         if !self.is_alive() {
             return internal_error(original_id, "upstream server exited");
         }
-        let Some(id_range) = Envelope::parse(out.body)
-            .ok()
-            .and_then(|e| e.id.and_then(|id| jsonrpc::span_in(out.body, id.get())))
-        else {
+        // The agent's id is a slice of its message, so its place is known without parsing it
+        // again; the gateway's own requests name ids of their own, found by parsing.
+        let id_range = out
+            .id
+            .and_then(|id| jsonrpc::span_in(out.body, id))
+            .or_else(|| {
+                Envelope::parse(out.body)
+                    .ok()
+                    .and_then(|e| e.id.and_then(|id| jsonrpc::span_in(out.body, id.get())))
+            });
+        let Some(id_range) = id_range else {
             return internal_error(original_id, "request without an id");
         };
         let (tx, rx) = mpsc::channel(64);
@@ -665,7 +672,7 @@ impl StdioSession {
             }
         };
         let reply = handle.child.request(out).await;
-        let ok = matches!(&reply, Reply::Json { body, .. } if is_success(body))
+        let ok = matches!(&reply, Reply::Json { body, .. } if jsonrpc::is_result(body))
             || matches!(&reply, Reply::Stream(_));
         if !ok {
             return (None, reply);
@@ -721,7 +728,7 @@ impl StdioSession {
                 .child
                 .own_request(init, Duration::from_secs(30))
                 .await?;
-            if !is_success(&answer) {
+            if !jsonrpc::is_result(&answer) {
                 return Err("restarted upstream server refused initialize".into());
             }
             if let Some(initialized) = &slot.initialized {
@@ -776,11 +783,4 @@ impl StdioSession {
     pub async fn open_stream(&self) -> Result<mpsc::Receiver<Event>, String> {
         Ok(self.live_child().await?.open_stream())
     }
-}
-
-/// True when a JSON-RPC response carries a result (not an error).
-fn is_success(body: &[u8]) -> bool {
-    Envelope::parse(body)
-        .map(|e| e.result.is_some())
-        .unwrap_or(false)
 }
