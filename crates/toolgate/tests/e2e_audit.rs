@@ -865,11 +865,19 @@ fn cli_setup() -> AuditSetup {
     let gw = &a.gw;
     let s = McpSession::open(gw, "rec", Some(AGENT_TOKEN));
     let s2 = McpSession::open(gw, "rec", Some(SECOND_TOKEN));
+    // Records carry millisecond times, and the time-window query below needs records in
+    // distinct milliseconds: a fast build makes several calls within one.
+    let tick = || std::thread::sleep(std::time::Duration::from_millis(3));
     call(&s, "echo", json!({"message": "hello"}), "allow");
+    tick();
     call(&s, "echo", json!({"message": "forbidden"}), "deny");
+    tick();
     call(&s2, "echo", json!({"message": "hi"}), "allow, second");
+    tick();
     call(&s, "pid", json!({}), "hidden");
+    tick();
     call(&s2, "made_up_tool", json!({}), "unknown, second");
+    tick();
     let r = send(gw.post("rec").json(&call_body("echo", json!({}))), "401");
     assert_eq!(r.resp.status, 401);
     a

@@ -11,7 +11,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderValue, Method, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::{Event, Outbound, Reply};
 use crate::jsonrpc::{self, Kind};
@@ -24,12 +29,18 @@ pub const PROTOCOL_HEADER: &str = "mcp-protocol-version";
 pub const METHOD_HEADER: &str = "mcp-method";
 pub const NAME_HEADER: &str = "mcp-name";
 
+/// hyper's pooled client, not reqwest: every tools/call crosses it, and reqwest's conveniences
+/// (URL parsing and conversion, the redirect layer, header merging) cost about a quarter of the
+/// gateway's instructions per call (callgrind, see the README's performance section). The URI
+/// and the server's headers are built once here; a call only clones them.
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
 /// One configured HTTP server: its URL, credentials and connection pool.
 pub struct HttpServer {
     pub name: Arc<str>,
-    url: reqwest::Url,
+    uri: http::Uri,
     headers: http::HeaderMap,
-    client: reqwest::Client,
+    client: Client<Connector, Full<Bytes>>,
 }
 
 impl HttpServer {
@@ -42,16 +53,27 @@ impl HttpServer {
         for (k, v) in headers {
             map.append(k.clone(), v.clone());
         }
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            // Following a redirect would carry the server's credentials somewhere unchecked.
-            .redirect(reqwest::redirect::Policy::none())
+        let uri = upstream_uri(url, &mut map);
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_platform_verifier()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        // No redirect is ever followed: it would carry the server's credentials somewhere
+        // unchecked (a 3xx is relayed to the agent as an HTTP error like any other status).
+        let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .expect("reqwest client builds with static options");
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
         HttpServer {
             name,
-            url,
+            uri,
             headers: map,
             client,
         }
@@ -59,15 +81,16 @@ impl HttpServer {
 
     fn request(
         &self,
-        method: reqwest::Method,
+        method: Method,
         session: Option<&HeaderValue>,
-    ) -> reqwest::RequestBuilder {
-        let mut req = self
-            .client
-            .request(method, self.url.clone())
-            .headers(self.headers.clone());
+        body: Bytes,
+    ) -> http::Request<Full<Bytes>> {
+        let mut req = http::Request::new(Full::new(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
         if let Some(id) = session {
-            req = req.header(SESSION_HEADER, id);
+            req.headers_mut().insert(SESSION_HEADER, id.clone());
         }
         req
     }
@@ -78,24 +101,29 @@ impl HttpServer {
         session: Option<&HeaderValue>,
         out: &Outbound<'_>,
     ) -> (Reply, Option<HeaderValue>) {
-        let mut req = self
-            .request(reqwest::Method::POST, session)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json, text/event-stream")
-            .body(out.body.clone());
+        let mut req = self.request(Method::POST, session, out.body.clone());
+        let headers = req.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
         for (name, value) in [
             (PROTOCOL_HEADER, out.protocol_version),
             (METHOD_HEADER, out.mcp_method),
             (NAME_HEADER, out.mcp_name),
         ] {
             if let Some(v) = value {
-                req = req.header(name, v);
+                headers.insert(name, v.clone());
             }
         }
-        let response = match req.send().await {
+        let response = match self.client.request(req).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(server = %self.name, "upstream request failed: {}", without_url(&e));
+                tracing::warn!(server = %self.name, "upstream request failed: {}", causes(&e));
                 return (unreachable(out), None);
             }
         };
@@ -117,19 +145,22 @@ impl HttpServer {
         last_event_id: Option<&HeaderValue>,
         protocol_version: Option<&HeaderValue>,
     ) -> Reply {
-        let mut req = self
-            .request(reqwest::Method::GET, session)
-            .header(header::ACCEPT, "text/event-stream");
+        let mut req = self.request(Method::GET, session, Bytes::new());
+        let headers = req.headers_mut();
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
         if let Some(v) = last_event_id {
-            req = req.header("last-event-id", v);
+            headers.insert("last-event-id", v.clone());
         }
         if let Some(v) = protocol_version {
-            req = req.header(PROTOCOL_HEADER, v);
+            headers.insert(PROTOCOL_HEADER, v.clone());
         }
-        match req.send().await {
+        match self.client.request(req).await {
             Ok(r) => self.to_reply(r, Kind::Notification).await,
             Err(e) => {
-                tracing::warn!(server = %self.name, "upstream GET failed: {}", without_url(&e));
+                tracing::warn!(server = %self.name, "upstream GET failed: {}", causes(&e));
                 Reply::Status {
                     status: StatusCode::BAD_GATEWAY,
                     content_type: None,
@@ -141,16 +172,20 @@ impl HttpServer {
 
     /// Ends the upstream session (best effort: the agent's session is gone either way).
     pub async fn delete(&self, session: &HeaderValue, protocol_version: Option<&HeaderValue>) {
-        let mut req = self.request(reqwest::Method::DELETE, Some(session));
+        let mut req = self.request(Method::DELETE, Some(session), Bytes::new());
         if let Some(v) = protocol_version {
-            req = req.header(PROTOCOL_HEADER, v);
+            req.headers_mut().insert(PROTOCOL_HEADER, v.clone());
         }
-        if let Err(e) = req.send().await {
-            tracing::debug!(server = %self.name, "upstream DELETE failed: {}", without_url(&e));
+        match self.client.request(req).await {
+            // Read the answer out so the connection goes back to the pool.
+            Ok(r) => drop(r.into_body().collect().await),
+            Err(e) => {
+                tracing::debug!(server = %self.name, "upstream DELETE failed: {}", causes(&e));
+            }
         }
     }
 
-    async fn to_reply(&self, response: reqwest::Response, kind: Kind) -> Reply {
+    async fn to_reply(&self, response: http::Response<Incoming>, kind: Kind) -> Reply {
         let status = response.status();
         let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
         let is_sse = content_type
@@ -162,27 +197,26 @@ impl HttpServer {
         }
         if status.is_success() && is_sse {
             let name = self.name.clone();
-            let events = sse_stream::SseStream::from_bytes_stream(response.bytes_stream())
-                .filter_map(move |item| {
-                    let name = name.clone();
-                    async move {
-                        match item {
-                            Ok(sse) => Some(Event {
-                                id: sse.id,
-                                event: sse.event,
-                                retry: sse.retry,
-                                data: Bytes::from(sse.data.unwrap_or_default()),
-                            }),
-                            Err(e) => {
-                                tracing::warn!(server = %name, "upstream event stream broke: {e}");
-                                None
-                            }
+            let events = sse_stream::SseStream::new(response.into_body()).filter_map(move |item| {
+                let name = name.clone();
+                async move {
+                    match item {
+                        Ok(sse) => Some(Event {
+                            id: sse.id,
+                            event: sse.event,
+                            retry: sse.retry,
+                            data: Bytes::from(sse.data.unwrap_or_default()),
+                        }),
+                        Err(e) => {
+                            tracing::warn!(server = %name, "upstream event stream broke: {e}");
+                            None
                         }
                     }
-                });
+                }
+            });
             return Reply::Stream(events.boxed());
         }
-        let body = match read_limited(response).await {
+        let body = match read_limited(response.into_body()).await {
             Ok(b) => b,
             Err(why) => {
                 tracing::warn!(server = %self.name, "reading upstream answer: {why}");
@@ -242,36 +276,55 @@ fn ensure_response(
     relayed.chain(closing).boxed()
 }
 
-async fn read_limited(mut response: reqwest::Response) -> Result<Bytes, String> {
-    let mut buf = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| without_url(&e))? {
-        if buf.len() + chunk.len() > MAX_JSON_BODY {
-            return Err(format!("over {MAX_JSON_BODY} bytes"));
+async fn read_limited(body: Incoming) -> Result<Bytes, String> {
+    match Limited::new(body, MAX_JSON_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(format!("over {MAX_JSON_BODY} bytes"))
         }
-        buf.extend_from_slice(&chunk);
+        Err(e) => Err(causes(&*e)),
     }
-    Ok(Bytes::from(buf))
 }
 
-/// reqwest errors print the URL, which may carry credentials: log only the causes.
-fn without_url(e: &reqwest::Error) -> String {
-    let kind = if e.is_connect() {
-        "connection failed"
-    } else if e.is_timeout() {
-        "timed out"
-    } else if e.is_body() || e.is_decode() {
-        "broken body"
-    } else {
-        "request failed"
-    };
-    let mut text = kind.to_string();
-    let mut source = std::error::Error::source(e);
+/// An error and its causes on one line. hyper's errors do not carry the URL, and the URL is
+/// not added here: it may carry credentials.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
     while let Some(s) = source {
         text.push_str(": ");
         text.push_str(&s.to_string());
         source = s.source();
     }
     text
+}
+
+/// The configured URL as the URI every request goes to. Credentials written into the URL
+/// (`https://user:secret@host/mcp`) become a Basic `Authorization` header, as browsers and
+/// reqwest do, unless the server's headers already set one; they never go out in the URI.
+fn upstream_uri(mut url: reqwest::Url, headers: &mut http::HeaderMap) -> http::Uri {
+    if !url.username().is_empty() || url.password().is_some() {
+        use base64::Engine;
+        let user = percent_decode(url.username());
+        let password = url.password().map(percent_decode).unwrap_or_default();
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        if let Ok(mut value) = HeaderValue::from_str(&format!("Basic {token}")) {
+            value.set_sensitive(true);
+            headers.entry(header::AUTHORIZATION).or_insert(value);
+        }
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+    }
+    url.set_fragment(None);
+    url.as_str()
+        .parse()
+        .expect("an http(s) URL that url::Url accepted is a valid http::Uri")
+}
+
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn unreachable(out: &Outbound<'_>) -> Reply {
@@ -320,5 +373,40 @@ impl HttpSession {
             let pv = self.protocol_version.lock().expect("lock").clone();
             self.server.delete(id, pv.as_ref()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_the_url_become_a_basic_header_and_leave_the_uri() {
+        let mut headers = http::HeaderMap::new();
+        let url = "https://al%40ice:s%3Acret@mcp.example:8443/mcp?x=1#frag"
+            .parse()
+            .unwrap();
+        let uri = upstream_uri(url, &mut headers);
+        assert_eq!(uri.to_string(), "https://mcp.example:8443/mcp?x=1");
+        // base64("al@ice:s:cret")
+        assert_eq!(headers[header::AUTHORIZATION], "Basic YWxAaWNlOnM6Y3JldA==");
+        assert!(headers[header::AUTHORIZATION].is_sensitive());
+    }
+
+    #[test]
+    fn a_configured_authorization_header_wins_over_url_credentials() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k"));
+        let uri = upstream_uri("http://u:p@127.0.0.1/mcp".parse().unwrap(), &mut headers);
+        assert_eq!(uri.to_string(), "http://127.0.0.1/mcp");
+        assert_eq!(headers[header::AUTHORIZATION], "Bearer k");
+    }
+
+    #[test]
+    fn a_url_without_credentials_adds_no_header() {
+        let mut headers = http::HeaderMap::new();
+        let uri = upstream_uri("http://127.0.0.1:9/mcp".parse().unwrap(), &mut headers);
+        assert_eq!(uri.to_string(), "http://127.0.0.1:9/mcp");
+        assert!(headers.is_empty());
     }
 }

@@ -1,7 +1,7 @@
 //! Upstream MCP servers: one file per kind of transport.
 //!
 //! - `stdio`: a child process speaking newline-delimited JSON-RPC.
-//! - `http`: a Streamable HTTP server reached with reqwest.
+//! - `http`: a Streamable HTTP server reached with hyper's pooled client.
 //! - `probe`: one-off sessions of the gateway's own (listing a server's tools).
 //!
 //! Both answer the gateway with the same [`Reply`], so the downstream transport renders
