@@ -6,6 +6,11 @@
 # HTTP and over stdio. Then memory: the idle gateway's RSS, and with 1,000 and 10,000 idle
 # sessions. Prints Markdown and writes JSON (bench/results.json).
 #
+# Two floors are measured beside toolgate, over HTTP: `bare-proxy`, a pass-through on the same
+# HTTP stack as toolgate that does nothing else, and nginx when it is installed (a tuned C
+# proxy; `apt-get install nginx-light`). They split "what toolgate adds" into what any proxy
+# adds on this machine's loopback and what toolgate's own work adds.
+#
 #   bash bench/run.sh            # 5 s per run (about 3 minutes)
 #   bash bench/run.sh --smoke    # a few hundred ms per run: checks the instruments still work
 set -euo pipefail
@@ -51,6 +56,42 @@ wait_for() { # file pattern
 pids+=($!)
 wait_for "$TMP/upstream.log" listening
 UP=$(grep -o 'http://[^ ]*' "$TMP/upstream.log")
+
+"$BIN/bare-proxy" --upstream "$UP" --port 0 >"$TMP/bare.log" &
+pids+=($!)
+BARE_PID=$!
+wait_for "$TMP/bare.log" listening
+BARE=$(grep -o 'http://[^ ]*' "$TMP/bare.log")
+
+NGINX=
+if command -v nginx >/dev/null; then
+  NGINX_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  mkdir -p "$TMP/nginx"
+  UP_ADDR=${UP#http://}
+  UP_ADDR=${UP_ADDR%%/*}
+  cat >"$TMP/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $TMP/nginx;
+  proxy_temp_path $TMP/nginx;
+  upstream up { server $UP_ADDR; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
+  }
+}
+NGINX
+  nginx -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" &
+  pids+=($!)
+  for _ in $(seq 50); do [[ -n $(pgrep -P "${pids[-1]}") ]] && break; sleep 0.1; done
+  NGINX_WORKER=$(pgrep -P "${pids[-1]}" | head -1)
+  NGINX=http://127.0.0.1:$NGINX_PORT/mcp
+fi
 
 echo '{"version": "1", "default": "allow"}' >"$TMP/plain.json"
 python3 - "$TMP/realistic.json" <<'PY'
@@ -128,6 +169,8 @@ load() { # label transport sessions target pid
 
 for n in "${SESSIONS[@]}"; do
   load direct http "$n" "$UP"
+  load bare http "$n" "$BARE" "$BARE_PID"
+  [[ -n $NGINX ]] && load nginx http "$n" "$NGINX" "$NGINX_WORKER"
   load plain http "$n" "http://127.0.0.1:$PLAIN_PORT/mcp/http" "$PLAIN_PID"
   load realistic http "$n" "http://127.0.0.1:$REAL_PORT/mcp/http" "$REAL_PID"
   load direct stdio "$n" "$PWD/$BIN/fast-upstream --stdio"
@@ -171,6 +214,20 @@ for transport in ("http", "stdio"):
         print(f'| {n} | {fmt(d["throughput"])} | {fmt(p["throughput"])} ({p["throughput"]/max(d["throughput"],1e-9):.2f}×) '
               f'| {fmt(r["throughput"])} ({r["throughput"]/max(d["throughput"],1e-9):.2f}×) | {added("p50")} | {added("p99")} | {added("p999")} '
               f'| {fmt(p["cpu_us_per_call"],1)} / {fmt(r["cpu_us_per_call"],1)} | {errs or "none"} |')
+print("\n### floors: other proxies in the same run (HTTP upstream)\n")
+print("| sessions | direct calls/s | bare-proxy calls/s (ratio) | nginx calls/s (ratio) | added p50 µs (bare / nginx / toolgate) | added p99 µs (bare / nginx / toolgate) | CPU µs/call (bare / nginx / toolgate) |")
+print("|---|---|---|---|---|---|---|")
+for n in sorted({r["sessions"] for r in runs}):
+    d, b, x, p = (by.get(f"{k}/http/{n}") for k in ("direct", "bare", "nginx", "plain"))
+    if not (d and b and p):
+        continue
+    def add(r, q):
+        return "-" if r is None else f'{r["latency_us"][q] - d["latency_us"][q]:+,}'
+    def ratio(r):
+        return "-" if r is None else f'{fmt(r["throughput"])} ({r["throughput"]/max(d["throughput"],1e-9):.2f}×)'
+    cpu = " / ".join(fmt(r and r["cpu_us_per_call"], 1) for r in (b, x, p))
+    print(f'| {n} | {fmt(d["throughput"])} | {ratio(b)} | {ratio(x)} | {add(b,"p50")} / {add(x,"p50")} / {add(p,"p50")} '
+          f'| {add(b,"p99")} / {add(x,"p99")} / {add(p,"p99")} | {cpu} |')
 print("\n### memory (HTTP upstream, idle sessions)\n")
 print(f"| state | gateway RSS | per session |")
 print("|---|---|---|")

@@ -1,17 +1,22 @@
 //! The floor for a gateway on toolgate's HTTP stack: a pass-through proxy that forwards each
-//! POST to the upstream with the same client (reqwest over hyper) and server (axum over hyper)
-//! as toolgate, and does nothing else - no parsing, no policy, no sessions, no audit.
+//! POST to the upstream with the same client (hyper-util's pooled client) and server (axum
+//! over hyper) as toolgate, and does nothing else - no parsing, no policy, no sessions, no
+//! audit.
 //!
 //! `bench/run.sh` measures it beside toolgate so that "what toolgate adds" can be split into
 //! what any proxy on this machine's loopback costs and what toolgate's own work costs.
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 
 #[derive(Parser)]
 struct Args {
@@ -28,8 +33,8 @@ struct Args {
 
 #[derive(Clone)]
 struct Proxy {
-    client: reqwest::Client,
-    upstream: reqwest::Url,
+    client: Client<HttpConnector, Full<Bytes>>,
+    upstream: axum::http::Uri,
 }
 
 /// Headers an MCP request carries that the upstream needs to see.
@@ -41,30 +46,37 @@ const FORWARDED: [&str; 4] = [
 ];
 
 async fn forward(State(proxy): State<Proxy>, headers: HeaderMap, body: Bytes) -> Response {
-    let mut request = proxy.client.post(proxy.upstream.clone()).body(body);
+    let mut request = axum::http::Request::new(Full::new(body));
+    *request.method_mut() = axum::http::Method::POST;
+    *request.uri_mut() = proxy.upstream.clone();
     for name in FORWARDED {
         if let Some(value) = headers.get(name) {
-            request = request.header(name, value);
+            request.headers_mut().insert(name, value.clone());
         }
     }
-    let upstream = match request.send().await {
+    let upstream = match proxy.client.request(request).await {
         Ok(r) => r,
         Err(_) => return StatusCode::BAD_GATEWAY.into_response(),
     };
-    let status = upstream.status();
-    let session = upstream.headers().get("mcp-session-id").cloned();
-    let content_type = upstream
-        .headers()
+    let (parts, body) = upstream.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return StatusCode::BAD_GATEWAY.into_response(),
+    };
+    let content_type = parts
+        .headers
         .get(header::CONTENT_TYPE)
         .cloned()
         .unwrap_or(HeaderValue::from_static("application/json"));
-    let body = match upstream.bytes().await {
-        Ok(b) => b,
-        Err(_) => return StatusCode::BAD_GATEWAY.into_response(),
-    };
-    let mut response = (status, [(header::CONTENT_TYPE, content_type)], body).into_response();
-    if let Some(session) = session {
-        response.headers_mut().insert("mcp-session-id", session);
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = parts.status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, content_type);
+    if let Some(session) = parts.headers.get("mcp-session-id") {
+        response
+            .headers_mut()
+            .insert("mcp-session-id", session.clone());
     }
     response
 }
@@ -83,11 +95,12 @@ fn main() -> std::io::Result<()> {
 
 async fn serve(args: Args) -> std::io::Result<()> {
     let proxy = Proxy {
-        client: reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("HTTP client builds"),
-        upstream: args.upstream.parse().expect("--upstream is a URL"),
+        client: Client::builder(TokioExecutor::new()).build({
+            let mut http = HttpConnector::new();
+            http.set_nodelay(true);
+            http
+        }),
+        upstream: args.upstream.parse().expect("--upstream is a URI"),
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
     println!("listening on http://{}/mcp", listener.local_addr()?);

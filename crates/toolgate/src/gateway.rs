@@ -240,12 +240,16 @@ impl Gateway {
         tokio::spawn(async move { counters.release(reservation).await });
     }
 
-    /// Starts what runs beside the request path: the embedded store's snapshots, and the
-    /// watch on the state store for changes made by another process.
+    /// Starts what runs beside the request path: the embedded store's snapshots, the metrics'
+    /// upkeep, and the watch on the state store for changes made by another process.
     pub fn start_background(self: &Arc<Self>) {
         if let Counters::Embedded(store) = &*self.counters {
             store.spawn_saver(self.shutdown.clone());
         }
+        tokio::spawn(crate::telemetry::upkeep(
+            self.metrics.clone(),
+            self.shutdown.clone(),
+        ));
         let gw = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));

@@ -135,6 +135,109 @@ pub fn is_result(message: &[u8]) -> bool {
     Envelope::parse(message).is_ok_and(|e| e.result.is_some())
 }
 
+/// What an upstream's answer to a call says, for the counters and the audit record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerSummary {
+    /// A result; `is_error` is the tool's own `isError` flag.
+    Result { is_error: bool },
+    /// A JSON-RPC error, with its code when it has an integer one.
+    Error { code: Option<i64> },
+    /// A JSON object with neither (not an answer).
+    Neither,
+}
+
+/// Reads an answer once, keeping only what `AnswerSummary` needs: the counters (was the call
+/// carried out?) and the audit record (how did it end?) both ask, on every call. None when
+/// the body is not a JSON object.
+pub fn summarize(body: &[u8]) -> Option<AnswerSummary> {
+    #[derive(serde::Deserialize)]
+    struct Shape {
+        #[serde(default)]
+        result: Option<ResultShape>,
+        #[serde(default)]
+        error: Option<ErrorShape>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorShape {
+        #[serde(default, deserialize_with = "lenient_code")]
+        code: Option<i64>,
+    }
+    fn lenient_code<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        Ok(serde_json::Value::deserialize(d)?.as_i64())
+    }
+    use serde::Deserialize;
+    // serde would also read a struct from an array ([result, error]); an answer is an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let shape: Shape = serde_json::from_slice(body).ok()?;
+    Some(match (shape.result, shape.error) {
+        (_, Some(e)) => AnswerSummary::Error { code: e.code },
+        (Some(r), None) => AnswerSummary::Result {
+            is_error: r.is_error,
+        },
+        (None, None) => AnswerSummary::Neither,
+    })
+}
+
+/// A result read for its `isError` flag alone; a result of any other shape (it should be an
+/// object, but an upstream may send anything) reads as `is_error: false`.
+struct ResultShape {
+    is_error: bool,
+}
+
+impl<'de> serde::Deserialize<'de> for ResultShape {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ResultShape;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON-RPC result")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ResultShape, A::Error> {
+                let mut is_error = false;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "isError" {
+                        is_error = map.next_value::<serde_json::Value>()?.as_bool() == Some(true);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(ResultShape { is_error })
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ResultShape, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(ResultShape { is_error: false })
+            }
+            fn visit_unit<E>(self) -> Result<ResultShape, E> {
+                Ok(ResultShape { is_error: false })
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<ResultShape, E> {
+                Ok(ResultShape { is_error: false })
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<ResultShape, E> {
+                Ok(ResultShape { is_error: false })
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<ResultShape, E> {
+                Ok(ResultShape { is_error: false })
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<ResultShape, E> {
+                Ok(ResultShape { is_error: false })
+            }
+            fn visit_str<E>(self, _: &str) -> Result<ResultShape, E> {
+                Ok(ResultShape { is_error: false })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// True when the body's first non-blank byte opens an array.
 pub fn is_batch(body: &[u8]) -> bool {
     body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
@@ -222,6 +325,61 @@ pub fn progress_token(params: Option<&RawValue>) -> Option<Box<str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summarizes_answers() {
+        let sum = |s: &str| summarize(s.as_bytes());
+        let ok =
+            r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"isError"}]}}"#;
+        assert_eq!(sum(ok), Some(AnswerSummary::Result { is_error: false }));
+        let tool_error = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":true}}"#;
+        assert_eq!(
+            sum(tool_error),
+            Some(AnswerSummary::Result { is_error: true })
+        );
+        let nested = r#"{"id":1,"result":{"meta":{"isError":true},"isError":false}}"#;
+        assert_eq!(sum(nested), Some(AnswerSummary::Result { is_error: false }));
+        let odd_flag = r#"{"id":1,"result":{"isError":"yes"}}"#;
+        assert_eq!(
+            sum(odd_flag),
+            Some(AnswerSummary::Result { is_error: false })
+        );
+        assert_eq!(sum(r#"{"result":null}"#), Some(AnswerSummary::Neither));
+        for odd in [
+            r#"{"result":[1,{"isError":true}]}"#,
+            r#"{"result":"x"}"#,
+            r#"{"result":7}"#,
+        ] {
+            assert_eq!(
+                sum(odd),
+                Some(AnswerSummary::Result { is_error: false }),
+                "{odd}"
+            );
+        }
+        let timeout = r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32001,"message":"timed out"}}"#;
+        assert_eq!(
+            sum(timeout),
+            Some(AnswerSummary::Error { code: Some(-32001) })
+        );
+        let no_code = r#"{"id":1,"error":{"code":"E1","message":"x"}}"#;
+        assert_eq!(sum(no_code), Some(AnswerSummary::Error { code: None }));
+        let both = r#"{"id":1,"result":{},"error":{"code":-32603}}"#;
+        assert_eq!(sum(both), Some(AnswerSummary::Error { code: Some(-32603) }));
+        assert_eq!(
+            sum(r#"{"jsonrpc":"2.0","method":"ping"}"#),
+            Some(AnswerSummary::Neither)
+        );
+        for bad in [
+            "",
+            "nope",
+            "[1]",
+            "5",
+            r#"{"result":{}"#,
+            r#"{"error":{"code":1},"error":{"code":2}}"#,
+        ] {
+            assert_eq!(sum(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn classifies_messages() {

@@ -6,6 +6,10 @@
 //! agent: a tool name the policy does not name and the upstream never answered for is
 //! counted as `(other)`, so an agent cannot grow the label set (or plant text in it).
 
+use std::sync::{Arc, LazyLock};
+
+use dashmap::DashMap;
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub const CALLS: &str = "toolgate_calls_total";
@@ -38,21 +42,55 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-pub fn call(server: &str, tool: &str, outcome: &str) {
-    metrics::counter!(CALLS, "server" => server.to_string(), "tool" => tool.to_string(), "outcome" => outcome.to_string())
-        .increment(1);
+/// The handles of one server's per-call metrics, looked up once. Looking a handle up builds
+/// and hashes a key with its labels, which cost more per call than recording does.
+pub struct ServerMetrics {
+    server: Arc<str>,
+    pub decision: Histogram,
+    pub upstream: Histogram,
+    /// `toolgate_calls_total` by tool (a vouched-for name or `(other)`), then by outcome.
+    calls: DashMap<Box<str>, Vec<(&'static str, Counter)>>,
+}
+
+impl ServerMetrics {
+    pub fn call(&self, tool: &str, outcome: &'static str) {
+        if let Some(by_outcome) = self.calls.get(tool)
+            && let Some((_, c)) = by_outcome.iter().find(|(o, _)| *o == outcome)
+        {
+            c.increment(1);
+            return;
+        }
+        let counter = metrics::counter!(CALLS, "server" => self.server.to_string(), "tool" => tool.to_string(), "outcome" => outcome);
+        counter.increment(1);
+        self.calls
+            .entry(tool.into())
+            .or_default()
+            .push((outcome, counter));
+    }
+}
+
+/// A server's metric handles. Only configured servers get here (a request is admitted to
+/// one before anything of it is counted), so the set stays as small as the configuration.
+pub fn server(name: &str) -> Arc<ServerMetrics> {
+    static SERVERS: LazyLock<DashMap<Box<str>, Arc<ServerMetrics>>> = LazyLock::new(DashMap::new);
+    if let Some(m) = SERVERS.get(name) {
+        return m.clone();
+    }
+    SERVERS
+        .entry(name.into())
+        .or_insert_with(|| {
+            Arc::new(ServerMetrics {
+                server: name.into(),
+                decision: metrics::histogram!(DECISION_SECONDS, "server" => name.to_string()),
+                upstream: metrics::histogram!(UPSTREAM_SECONDS, "server" => name.to_string()),
+                calls: DashMap::new(),
+            })
+        })
+        .clone()
 }
 
 pub fn refused(status: u16) {
     metrics::counter!(REFUSED, "status" => status.to_string()).increment(1);
-}
-
-pub fn decision(server: &str, seconds: f64) {
-    metrics::histogram!(DECISION_SECONDS, "server" => server.to_string()).record(seconds);
-}
-
-pub fn upstream(server: &str, seconds: f64) {
-    metrics::histogram!(UPSTREAM_SECONDS, "server" => server.to_string()).record(seconds);
 }
 
 pub fn child_restart(server: &str) {
@@ -61,6 +99,18 @@ pub fn child_restart(server: &str) {
 
 pub fn counter_store_error() {
     metrics::counter!(COUNTER_STORE_ERRORS).increment(1);
+}
+
+/// Folds the histograms' recorded samples into their buckets. The exporter keeps every
+/// sample until this runs, so without it memory grows with each call between scrapes.
+pub async fn upkeep(handle: PrometheusHandle, shutdown: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => handle.run_upkeep(),
+            _ = shutdown.cancelled() => break,
+        }
+    }
 }
 
 /// The text exposition, with the gauges read at scrape time.

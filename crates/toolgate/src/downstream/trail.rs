@@ -8,7 +8,7 @@ use crate::audit::record::{argument_keys, rfc3339};
 use crate::audit::{AuditRecord, Outcome};
 use crate::gateway::Gateway;
 use crate::grants::Grant;
-use crate::jsonrpc::Envelope;
+use crate::jsonrpc::{self, AnswerSummary};
 use crate::pipeline::{Decided, Refused};
 use crate::telemetry;
 
@@ -104,25 +104,28 @@ impl Trail {
         forwarded_at: Option<Instant>,
     ) {
         self.record.http_status = http_status;
+        let metrics = telemetry::server(&self.record.server);
         if let Some(at) = forwarded_at {
             // The decision ended when the call left for the upstream (`decided` runs after).
             self.record.decision_us = at.saturating_duration_since(self.started).as_micros() as u64;
             let took = at.elapsed();
             self.record.upstream_us = Some(took.as_micros() as u64);
-            telemetry::upstream(&self.record.server, took.as_secs_f64());
+            metrics.upstream.record(took.as_secs_f64());
             let (status, failed) = upstream_status(http_status, response);
             self.record.upstream_status = Some(status);
             if failed {
                 self.record.outcome = Some(Outcome::UpstreamError);
             }
         }
-        telemetry::decision(&self.record.server, self.record.decision_us as f64 / 1e6);
+        metrics
+            .decision
+            .record(self.record.decision_us as f64 / 1e6);
         let outcome = self.record.outcome.map_or("refused", Outcome::as_str);
         let tool = match (&self.record.tool, self.tool_known) {
             (Some(t), true) if t.len() <= 128 && !t.chars().any(char::is_control) => t.as_str(),
             _ => self.tool_label,
         };
-        telemetry::call(&self.record.server, tool, outcome);
+        metrics.call(tool, outcome);
         gw.audit.write(self.record).await;
     }
 }
@@ -132,28 +135,12 @@ fn upstream_status(http_status: u16, response: Option<&[u8]>) -> (String, bool) 
     let Some(body) = response else {
         return (format!("http {http_status}"), true);
     };
-    let Ok(env) = Envelope::parse(body) else {
-        return ("unreadable".into(), true);
-    };
-    if let Some(error) = env.error {
-        #[derive(serde::Deserialize)]
-        struct Code {
-            code: Option<i64>,
+    match jsonrpc::summarize(body) {
+        Some(AnswerSummary::Error { code }) => (format!("error {}", code.unwrap_or(0)), true),
+        Some(AnswerSummary::Result { is_error: true }) => ("is_error".into(), false),
+        Some(AnswerSummary::Result { is_error: false }) | Some(AnswerSummary::Neither) => {
+            ("ok".into(), false)
         }
-        let code = serde_json::from_str::<Code>(error.get())
-            .ok()
-            .and_then(|c| c.code)
-            .unwrap_or(0);
-        return (format!("error {code}"), true);
+        None => ("unreadable".into(), true),
     }
-    #[derive(serde::Deserialize)]
-    struct IsError {
-        #[serde(rename = "isError", default)]
-        is_error: bool,
-    }
-    let is_error = env
-        .result
-        .and_then(|r| serde_json::from_str::<IsError>(r.get()).ok())
-        .is_some_and(|r| r.is_error);
-    (if is_error { "is_error" } else { "ok" }.to_string(), false)
 }

@@ -30,8 +30,9 @@ pub enum Verdict {
 pub struct Decided {
     pub outcome: Outcome,
     pub tool: String,
-    /// The call's arguments as the policy read them (Null when absent).
-    pub arguments: serde_json::Value,
+    /// The call's arguments as the policy read them (Null when absent). Shared: the decision
+    /// is cloned into the answer and the audit trail, and arguments can be large.
+    pub arguments: std::sync::Arc<serde_json::Value>,
     pub rule: Option<String>,
     pub policy_version: Option<u64>,
 }
@@ -135,6 +136,7 @@ fn decide_call(msg: &Message<'_>, policy: Option<Arc<Loaded>>) -> Result<Verdict
             v
         }
     };
+    let args = std::sync::Arc::new(args);
     let decided = |outcome, rule: Option<&str>, version| {
         Box::new(Decided {
             outcome,

@@ -16,7 +16,7 @@ use crate::audit::Outcome;
 use crate::counters::{CounterKey, CounterStore, Counters, Need, Reservation};
 use crate::gateway::Gateway;
 use crate::grants::Grant;
-use crate::jsonrpc::Envelope;
+use crate::jsonrpc::AnswerSummary;
 use crate::upstream::Reply;
 
 /// Rule named when the counter store cannot be asked and `on_error` is deny.
@@ -132,16 +132,8 @@ pub fn settle(counters: &Arc<Counters>, reservation: Option<Reservation>, reply:
 /// Whether the call failed upstream, so that it did not happen: a JSON-RPC error, except a
 /// timeout (the upstream got the call and may still carry it out, so it keeps its count).
 fn failed(body: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Code {
-        code: Option<i64>,
-    }
-    Envelope::parse(body).is_ok_and(|e| {
-        e.error.is_some_and(|err| {
-            serde_json::from_str::<Code>(err.get())
-                .ok()
-                .and_then(|c| c.code)
-                != Some(crate::jsonrpc::REQUEST_TIMEOUT)
-        })
-    })
+    matches!(
+        crate::jsonrpc::summarize(body),
+        Some(AnswerSummary::Error { code }) if code != Some(crate::jsonrpc::REQUEST_TIMEOUT)
+    )
 }
