@@ -60,11 +60,14 @@ impl Trail {
     /// What the policy step decided about a `tools/call`.
     pub fn decided(&mut self, gw: &Gateway, d: &Decided) {
         self.record.tool = Some(d.tool.clone());
-        self.record.argument_keys = argument_keys(&d.arguments);
-        self.record.arguments = gw
-            .audit
-            .redactor
-            .arguments(&d.arguments, gw.audit.arguments);
+        // The arguments are only for the record: with the audit off, no copy is made.
+        if gw.audit.enabled() {
+            self.record.argument_keys = argument_keys(&d.arguments);
+            self.record.arguments = gw
+                .audit
+                .redactor
+                .arguments(&d.arguments, gw.audit.arguments);
+        }
         self.record.outcome = Some(d.outcome);
         self.record.rule = d.rule.clone();
         self.record.policy_version = d.policy_version;
