@@ -94,34 +94,7 @@ NGINX
 fi
 
 echo '{"version": "1", "default": "allow"}' >"$TMP/plain.json"
-python3 - "$TMP/realistic.json" <<'PY'
-import json, sys
-tools = {}
-for i in range(59):
-    spec = {}
-    if i % 2 == 0:
-        spec["deny_if"] = [
-            {"conditions": [{"path": "args.limit", "op": "gt", "value": 500}], "on_deny": "Too many rows."},
-            {"conditions": [{"path": "args.env", "op": "in", "value": ["prod", "billing"]}]},
-        ]
-    if i % 3 == 0:
-        spec["require"] = [{"conditions": [{"path": "args.project_id", "op": "exists", "value": True}]}]
-    tools[f"tool_{i:02}"] = spec
-tools["echo"] = {
-    "require": [{"conditions": [{"path": "args.message", "op": "exists", "value": True}]}],
-    "deny_if": [
-        {"conditions": [{"path": "args.message", "op": "regex", "value": "(?is).*\\b(drop|truncate|delete)\\b.*"}]},
-        {"conditions": [{"path": "args.message", "op": "contains", "value": "password"}]},
-        {"conditions": [{"path": "args.env", "op": "in", "value": ["prod", "billing"]}]},
-        {"conditions": [{"path": "args.limit", "op": "gt", "value": 500}]},
-    ],
-    "limits": [{"counter": "echo_rate", "window": "minute", "max": 100000000, "scope": "grant"}],
-}
-doc = {"version": "1", "default": "deny", "hide": ["delete_project"],
-       "all_tools": {"limits": [{"counter": "calls", "window": "minute", "max": 100000000, "scope": "grant"}]},
-       "tools": tools}
-json.dump(doc, open(sys.argv[1], "w"))
-PY
+python3 bench/realistic-policy.py "$TMP/realistic.json"
 
 start_gateway_info() { # name policy-file audit-enabled
   local dir=$TMP/$1

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Instructions the gateway executes per tools/call, counted by callgrind: repeatable for the
+# same binary and inputs whatever else the machine is doing, so it is the number to compare
+# before and after a change to the request path (wall-clock runs on this machine drift by
+# 20% between consecutive runs). One session, HTTP upstream, every thread of the gateway
+# counted (the audit writer included), start-up and warm-up excluded, logging at the default
+# level (info: each request has its span).
+#
+#   bash bench/scripts/instructions.sh [TOOLGATE_BINARY]
+#
+# Prints one line per configuration: "plain" (allow-all policy, audit off) and "realistic"
+# (bench/realistic-policy.py, audit on). Needs valgrind.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 2; }
+cargo build --release -q -p toolgate -p toolgate-bench
+GATEWAY=${1:-target/release/toolgate}
+TMP=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+wait_for() { # file pattern tries
+  for _ in $(seq "${3:-100}"); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; return 1
+}
+
+target/release/fast-upstream --port 0 >"$TMP/up.log" &
+pids+=($!)
+wait_for "$TMP/up.log" listening
+UP=$(grep -o 'http://[^ ]*' "$TMP/up.log")
+echo '{"version": "1", "default": "allow"}' >"$TMP/plain.json"
+python3 bench/realistic-policy.py "$TMP/realistic.json"
+
+count() { # name policy audit-enabled
+  local dir=$TMP/$1
+  mkdir -p "$dir"
+  cat >"$dir/toolgate.toml" <<TOML
+listen = "127.0.0.1:0"
+state_dir = "$dir/state"
+[audit]
+enabled = $3
+[servers.http]
+url = "$UP"
+policy = "$2"
+[grants.http]
+server = "http"
+anonymous = true
+TOML
+  # One runtime thread: the count is the same with two, and one keeps valgrind's
+  # serialisation of threads out of the timings that decide when warm-up ends.
+  TOOLGATE_WORKER_THREADS=1 TOOLGATE_LOG=info TOOLGATE_ADMIN_TOKEN=bench \
+    valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" \
+    "$GATEWAY" serve --config "$dir/toolgate.toml" 2>"$dir/log" &
+  local pid=$!
+  pids+=("$pid")
+  wait_for "$dir/log" 'listening on' 600
+  local url
+  url=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$dir/log" | grep -o 'http://.*')/mcp/http
+  target/release/loadgen --url "$url" --duration 1 --warmup 0.5 --name warm >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  target/release/loadgen --url "$url" --duration 4 --warmup 0 --name count >/dev/null
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  local dump total calls
+  dump=$(ls -t "$dir"/cg.out.* | head -1)
+  total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+  # Every tools/call is decided exactly once: the decision step's call count is the calls.
+  calls=$(callgrind_annotate --tree=caller --threshold=100 "$dump" 2>/dev/null |
+    grep -E '=> .*toolgate::pipeline::decide::decide \(' | grep -o '([0-9,]*x)' | tr -d '(),x' | head -1)
+  printf '%-10s %9d instructions per call (%d calls)\n' "$1" $((total / calls)) "$calls"
+}
+
+count plain "$TMP/plain.json" false
+count realistic "$TMP/realistic.json" true
