@@ -29,33 +29,8 @@ if [[ ${1:-} == --smoke ]]; then
   OUT=$(mktemp)
 fi
 
-cargo build --release -q -p toolgate -p toolgate-bench
-BIN=target/release
-TMP=$(mktemp -d)
-pids=()
-cleanup() {
-  # Gateways are started in subshells (process substitution): their pids are in files.
-  for f in "$TMP"/*/pid; do [[ -f $f ]] && pids+=("$(cat "$f")"); done
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-wait_for() { # file pattern
-  for _ in $(seq 100); do
-    grep -q "$2" "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "timed out waiting for '$2' in $1" >&2
-  cat "$1" >&2
-  return 1
-}
-
-"$BIN/fast-upstream" --port 0 >"$TMP/upstream.log" &
-pids+=($!)
-wait_for "$TMP/upstream.log" listening
-UP=$(grep -o 'http://[^ ]*' "$TMP/upstream.log")
+source bench/lib.sh
+start_fast_upstream
 
 "$BIN/bare-proxy" --upstream "$UP" --port 0 >"$TMP/bare.log" &
 pids+=($!)
@@ -123,7 +98,7 @@ TOML
   echo "$pid" >"$dir/pid"
   wait_for "$dir/log" 'listening on' >/dev/null
   local port
-  port=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$dir/log" | grep -o '[0-9]*$')
+  port=$(listening_url "$dir/log" | grep -o '[0-9]*$')
   echo "$pid $port"
 }
 

@@ -11,16 +11,8 @@ N=${1:-20000}
 C=${2:-16}
 ROUNDS=${3:-3}
 command -v hey >/dev/null || { echo "needs hey (apt-get install hey)" >&2; exit 2; }
-cargo build --release -q -p toolgate -p toolgate-bench
-TMP=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
-trap cleanup EXIT
-
-target/release/fast-upstream --port 0 >"$TMP/up.log" &
-pids+=($!)
-for _ in $(seq 50); do grep -q listening "$TMP/up.log" && break; sleep 0.1; done
-UP=$(grep -o 'http://[^ ]*' "$TMP/up.log")
+source bench/lib.sh
+start_fast_upstream
 echo '{"version":"1","default":"allow"}' >"$TMP/plain.json"
 
 start_gateway() { # name enabled
@@ -36,11 +28,11 @@ anonymous = true
 [audit]
 enabled = $2
 TOML
-  TOOLGATE_LOG=warn,toolgate=info target/release/toolgate serve --config "$TMP/$1.toml" >/dev/null 2>"$TMP/$1.log" &
+  TOOLGATE_LOG=warn,toolgate=info "$BIN/toolgate" serve --config "$TMP/$1.toml" >/dev/null 2>"$TMP/$1.log" &
   pids+=($!)
-  for _ in $(seq 50); do grep -qs 'listening on' "$TMP/$1.log" && break; sleep 0.1; done
+  wait_for "$TMP/$1.log" 'listening on'
 }
-address() { grep -o 'listening on http://[0-9.:]*' "$TMP/$1.log" | grep -o 'http://.*'; }
+address() { listening_url "$TMP/$1.log"; }
 start_gateway off false
 start_gateway on true
 GW_OFF=$(address off)

@@ -13,22 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 2; }
-cargo build --release -q -p toolgate -p toolgate-bench
 GATEWAY=${1:-target/release/toolgate}
-TMP=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
-trap cleanup EXIT
-
-wait_for() { # file pattern tries
-  for _ in $(seq "${3:-100}"); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; return 1
-}
-
-target/release/fast-upstream --port 0 >"$TMP/up.log" &
-pids+=($!)
-wait_for "$TMP/up.log" listening
-UP=$(grep -o 'http://[^ ]*' "$TMP/up.log")
+source bench/lib.sh
+start_fast_upstream
 echo '{"version": "1", "default": "allow"}' >"$TMP/plain.json"
 python3 bench/realistic-policy.py "$TMP/realistic.json"
 
@@ -56,10 +43,10 @@ TOML
   pids+=("$pid")
   wait_for "$dir/log" 'listening on' 600
   local url
-  url=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$dir/log" | grep -o 'http://.*')/mcp/http
-  target/release/loadgen --url "$url" --duration 1 --warmup 0.5 --name warm >/dev/null
+  url=$(listening_url "$dir/log")/mcp/http
+  "$BIN/loadgen" --url "$url" --duration 1 --warmup 0.5 --name warm >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
-  target/release/loadgen --url "$url" --duration 4 --warmup 0 --name count >/dev/null
+  "$BIN/loadgen" --url "$url" --duration 4 --warmup 0 --name count >/dev/null
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill "$pid"
   wait "$pid" 2>/dev/null || true

@@ -9,16 +9,8 @@ cd "$(dirname "$0")/../.."
 N=${1:-20000}
 C=${2:-16}
 command -v hey >/dev/null || { echo "needs hey (apt-get install hey)" >&2; exit 2; }
-cargo build --release -q -p toolgate -p toolgate-bench
-TMP=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
-trap cleanup EXIT
-
-target/release/fast-upstream --port 0 >"$TMP/up.log" &
-pids+=($!)
-for _ in $(seq 50); do grep -q listening "$TMP/up.log" && break; sleep 0.1; done
-UP=$(grep -o 'http://[^ ]*' "$TMP/up.log")
+source bench/lib.sh
+start_fast_upstream
 
 python3 - "$TMP/rich.json" <<'PY'
 import json, sys
@@ -57,10 +49,10 @@ anonymous = true
 server = "rich"
 anonymous = true
 TOML
-TOOLGATE_LOG=warn,toolgate=info target/release/toolgate serve --config "$TMP/gw.toml" 2>"$TMP/gw.log" &
+TOOLGATE_LOG=warn,toolgate=info "$BIN/toolgate" serve --config "$TMP/gw.toml" 2>"$TMP/gw.log" &
 pids+=($!)
-for _ in $(seq 50); do grep -q 'listening on' "$TMP/gw.log" && break; sleep 0.1; done
-GW=$(grep -o 'listening on http://[0-9.:]*' "$TMP/gw.log" | grep -o 'http://.*')
+wait_for "$TMP/gw.log" 'listening on'
+GW=$(listening_url "$TMP/gw.log")
 
 init='{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}'
 session() { curl -s -D - -o /dev/null "$1" -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' -d "$init" | tr -d '\r' | awk -F': ' 'tolower($1)=="mcp-session-id"{print $2}'; }
