@@ -36,3 +36,21 @@ start_fast_upstream() {
   wait_for "$TMP/upstream.log" listening
   UP=$(grep -o 'http://[^ ]*' "$TMP/upstream.log")
 }
+
+# A gateway configuration at DIR/toolgate.toml: the fast upstream as server "http" with
+# POLICY, reached by an anonymous loopback grant, audit on or off.
+write_gateway_config() { # dir policy-file audit-enabled
+  mkdir -p "$1"
+  cat >"$1/toolgate.toml" <<TOML
+listen = "127.0.0.1:0"
+state_dir = "$1/state"
+[audit]
+enabled = $3
+[servers.http]
+url = "$UP"
+policy = "$2"
+[grants.http]
+server = "http"
+anonymous = true
+TOML
+}

@@ -1,6 +1,7 @@
 """The realistic policy of the benchmarks: 60 tools, deny_if conditions (regex, contains, in,
 numeric) on the called tool, a require, a hidden tool, and two limits with a max high enough
-never to deny. Written to the path given as the only argument."""
+never to deny. Written to the path given as the first argument; with --no-limits, the same
+policy without the limits (for measuring the policy step alone)."""
 import json, sys
 tools = {}
 for i in range(59):
@@ -26,4 +27,7 @@ tools["echo"] = {
 doc = {"version": "1", "default": "deny", "hide": ["delete_project"],
        "all_tools": {"limits": [{"counter": "calls", "window": "minute", "max": 100000000, "scope": "grant"}]},
        "tools": tools}
+if "--no-limits" in sys.argv[2:]:
+    del doc["all_tools"]
+    del tools["echo"]["limits"]
 json.dump(doc, open(sys.argv[1], "w"))

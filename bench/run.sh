@@ -73,22 +73,12 @@ python3 bench/realistic-policy.py "$TMP/realistic.json"
 
 start_gateway_info() { # name policy-file audit-enabled
   local dir=$TMP/$1
-  mkdir -p "$dir"
-  cat >"$dir/toolgate.toml" <<TOML
-listen = "127.0.0.1:0"
-state_dir = "$dir/state"
-[audit]
-enabled = $3
-[servers.http]
-url = "$UP"
-policy = "$2"
+  write_gateway_config "$dir" "$2" "$3"
+  cat >>"$dir/toolgate.toml" <<TOML
 [servers.stdio]
 command = "$PWD/$BIN/fast-upstream"
 args = ["--stdio"]
 policy = "$2"
-[grants.http]
-server = "http"
-anonymous = true
 [grants.stdio]
 server = "stdio"
 anonymous = true

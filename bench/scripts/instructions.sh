@@ -21,19 +21,7 @@ python3 bench/realistic-policy.py "$TMP/realistic.json"
 
 count() { # name policy audit-enabled
   local dir=$TMP/$1
-  mkdir -p "$dir"
-  cat >"$dir/toolgate.toml" <<TOML
-listen = "127.0.0.1:0"
-state_dir = "$dir/state"
-[audit]
-enabled = $3
-[servers.http]
-url = "$UP"
-policy = "$2"
-[grants.http]
-server = "http"
-anonymous = true
-TOML
+  write_gateway_config "$dir" "$2" "$3"
   # One runtime thread: the count is the same with two, and one keeps valgrind's
   # serialisation of threads out of the timings that decide when warm-up ends.
   TOOLGATE_WORKER_THREADS=1 TOOLGATE_LOG=info TOOLGATE_ADMIN_TOKEN=bench \
