@@ -120,6 +120,46 @@ fn http_upstream_dying_before_its_answer_gives_a_json_rpc_error() {
     assert_eq!(error_code(&resp), Some(-32603), "{resp}");
 }
 
+/// reqwest, which toolgate used before, sent upstream traffic through a proxy named in the
+/// environment; toolgate connects directly now, and says so at start when a proxy would have
+/// applied (naming the proxy's address, never its password).
+#[test]
+fn http_upstream_is_reached_directly_with_a_proxy_in_the_environment() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let record = dir.path().join("http.jsonl");
+    let peer = RecorderHttp::start(&record);
+    let toml = format!(
+        "{}{}",
+        http_server_toml("remote", &peer.url(), RECORDER_TOOLS, ""),
+        grant_toml("a", "remote", "TOK")
+    );
+    // Port 9 (discard) on loopback: nothing listens there, so a call sent through the proxy
+    // would fail.
+    let proxy = "http://squid-user:proxy-secret-77@127.0.0.1:9";
+    let gw = Gateway::start_in(
+        dir,
+        &toml,
+        &[("TOK", TOK), ("HTTP_PROXY", proxy), ("ALL_PROXY", proxy)],
+    );
+    let s = McpSession::open(&gw, "remote", Some(TOK));
+    let resp = s.call_tool("echo", json!({"message": "direct"}));
+    assert!(resp.get("result").is_some(), "{resp}");
+    assert!(resp.to_string().contains("direct"), "{resp}");
+    let log = gw.log();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("names a proxy"))
+        .unwrap_or_else(|| panic!("no warning about the proxy in the log:\n{log}"));
+    assert!(
+        warning.contains("127.0.0.1:9") && warning.contains("remote"),
+        "{warning}"
+    );
+    assert!(
+        !log.contains("proxy-secret-77"),
+        "the proxy's password is in the log:\n{log}"
+    );
+}
+
 /// server-everything over HTTP streams progress for a long call; killed mid-stream, the agent
 /// must get a JSON-RPC error for its call, not a stream that just ends (a client then waits
 /// for an answer that never comes, or resumes against a dead server).

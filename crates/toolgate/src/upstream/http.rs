@@ -54,6 +54,7 @@ impl HttpServer {
             map.append(k.clone(), v.clone());
         }
         let uri = upstream_uri(url, &mut map);
+        warn_of_environment_proxy(&name, &uri);
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -319,6 +320,27 @@ fn upstream_uri(mut url: reqwest::Url, headers: &mut http::HeaderMap) -> http::U
     url.as_str()
         .parse()
         .expect("an http(s) URL that url::Url accepted is a valid http::Uri")
+}
+
+/// Upstream connections go straight to the server: `HTTPS_PROXY`, `HTTP_PROXY` and
+/// `ALL_PROXY` are not used (a gateway in front of tool servers should not send their
+/// credentials through whatever proxy its environment names). Where one of them would apply to
+/// a server's URL, say so at start, so that a connection that fails is not a mystery.
+fn warn_of_environment_proxy(server: &str, uri: &http::Uri) {
+    let matcher = hyper_util::client::proxy::matcher::Matcher::from_env();
+    if let Some(proxy) = matcher.intercept(uri) {
+        // The proxy's address only: its URI may carry a password.
+        let at = proxy.uri().authority().map_or("", |a| {
+            a.as_str()
+                .rsplit_once('@')
+                .map_or(a.as_str(), |(_, host)| host)
+        });
+        tracing::warn!(
+            server = %server,
+            "the environment names a proxy ({at}) for this server's URL; toolgate does not use \
+             proxies from the environment and connects to the server directly"
+        );
+    }
 }
 
 fn percent_decode(s: &str) -> String {

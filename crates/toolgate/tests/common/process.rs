@@ -135,8 +135,16 @@ pub struct Spawned {
 impl Spawned {
     pub fn start(name: &str, mut cmd: Command) -> Spawned {
         use std::os::unix::process::CommandExt;
+        // Unless the test set one on purpose (to see what the process does with it).
+        let set: Vec<std::ffi::OsString> = cmd
+            .get_envs()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| k.to_owned())
+            .collect();
         for v in PROXY_VARS {
-            cmd.env_remove(v);
+            if !set.iter().any(|k| k == v) {
+                cmd.env_remove(v);
+            }
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
