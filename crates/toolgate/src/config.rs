@@ -483,6 +483,10 @@ fn server_config(
                     format!("{url:?} must be an http:// or https:// URL"),
                 ));
             }
+            // What the HTTP client takes is stricter than what `url` accepts (length, for one).
+            if let Err(e) = parsed.as_str().parse::<http::Uri>() {
+                return Err(err(&url_key, format!("is not a usable URL ({e})")));
+            }
             let mut headers = Vec::new();
             for (k, v) in &server.headers {
                 let hkey = format!("{key}.headers.{k}");
@@ -802,9 +806,14 @@ policy = "policies/everything.json"
 
     #[test]
     fn bad_urls_are_refused() {
-        for url in ["not a url", "ftp://127.0.0.1/mcp", "http://"] {
+        let too_long = format!("http://127.0.0.1/{}", "a".repeat(70_000));
+        for url in ["not a url", "ftp://127.0.0.1/mcp", "http://", &too_long] {
             let e = error_of(&format!("[servers.a]\nurl = \"{url}\"\n"));
-            assert!(e.starts_with("servers.a.url:"), "{e}");
+            assert!(
+                e.starts_with("servers.a.url:"),
+                "{}",
+                &e[..e.len().min(300)]
+            );
         }
     }
 

@@ -154,25 +154,20 @@ pub fn summarize(body: &[u8]) -> Option<AnswerSummary> {
     struct Shape {
         #[serde(default)]
         result: Option<ResultShape>,
+        // Any value: an error that is not a well-formed object ("error": "boom") is still an
+        // error, and the call it answers did not happen.
         #[serde(default)]
-        error: Option<ErrorShape>,
+        error: Option<serde_json::Value>,
     }
-    #[derive(serde::Deserialize)]
-    struct ErrorShape {
-        #[serde(default, deserialize_with = "lenient_code")]
-        code: Option<i64>,
-    }
-    fn lenient_code<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-        Ok(serde_json::Value::deserialize(d)?.as_i64())
-    }
-    use serde::Deserialize;
     // serde would also read a struct from an array ([result, error]); an answer is an object.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return None;
     }
     let shape: Shape = serde_json::from_slice(body).ok()?;
     Some(match (shape.result, shape.error) {
-        (_, Some(e)) => AnswerSummary::Error { code: e.code },
+        (_, Some(e)) => AnswerSummary::Error {
+            code: e.get("code").and_then(serde_json::Value::as_i64),
+        },
         (Some(r), None) => AnswerSummary::Result {
             is_error: r.is_error,
         },
@@ -363,6 +358,17 @@ mod tests {
         );
         let no_code = r#"{"id":1,"error":{"code":"E1","message":"x"}}"#;
         assert_eq!(sum(no_code), Some(AnswerSummary::Error { code: None }));
+        for odd_error in [
+            r#"{"id":1,"error":"boom"}"#,
+            r#"{"id":1,"error":42}"#,
+            r#"{"id":1,"error":[1]}"#,
+        ] {
+            assert_eq!(
+                sum(odd_error),
+                Some(AnswerSummary::Error { code: None }),
+                "{odd_error}"
+            );
+        }
         let both = r#"{"id":1,"result":{},"error":{"code":-32603}}"#;
         assert_eq!(sum(both), Some(AnswerSummary::Error { code: Some(-32603) }));
         assert_eq!(

@@ -462,12 +462,15 @@ async fn serve(cfg: Config, json_logs: bool) -> Result<(), String> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOOLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: a log file or collector gets plain text (and each request's
-    // span is formatted without escape codes, which is cheaper too).
+    // Colours only on a terminal, and not there either under NO_COLOR: a log file or collector
+    // gets plain text (and each request's span is formatted without escape codes, which is
+    // cheaper too).
     use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

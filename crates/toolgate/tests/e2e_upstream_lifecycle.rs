@@ -160,6 +160,51 @@ fn http_upstream_is_reached_directly_with_a_proxy_in_the_environment() {
     );
 }
 
+/// An https upstream that accepts the TCP connection and then says nothing (a stalled TLS
+/// handshake): the connect deadline covers the handshake too, so the agent gets a JSON-RPC
+/// error in about 10 s instead of waiting forever.
+#[test]
+fn a_stalled_tls_handshake_fails_the_call_at_the_connect_deadline() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    // Accept and hold connections open without a byte of TLS.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    let toml = format!(
+        "{}{}",
+        http_server_toml(
+            "silent",
+            &format!("https://127.0.0.1:{port}/mcp"),
+            RECORDER_TOOLS,
+            ""
+        ),
+        grant_toml("a", "silent", "TOK")
+    );
+    let gw = Gateway::start(&toml, &[("TOK", TOK)]);
+    let t0 = Instant::now();
+    let r = gw
+        .post("silent")
+        .token(TOK)
+        .json(&initialize_body(1))
+        .send();
+    let took = t0.elapsed();
+    let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    assert_eq!(error_code(&body), Some(-32603), "{} {}", r.status, r.text());
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(30),
+        "took {took:?}"
+    );
+    assert!(
+        gw.log().contains("connecting took over 10 s"),
+        "{}",
+        gw.log()
+    );
+}
+
 /// server-everything over HTTP streams progress for a long call; killed mid-stream, the agent
 /// must get a JSON-RPC error for its call, not a stream that just ends (a client then waits
 /// for an answer that never comes, or resumes against a dead server).

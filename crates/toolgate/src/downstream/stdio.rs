@@ -98,6 +98,11 @@ struct Local {
 /// Runs local mode until the client closes stdin or the server exits; returns the exit code.
 pub async fn run(opts: LocalOptions) -> Result<i32, String> {
     let gw = Arc::new(Gateway::new(local_config(&opts)).map_err(|e| e.to_string())?);
+    // Nothing scrapes metrics in local mode; the upkeep still folds the samples away.
+    tokio::spawn(crate::telemetry::upkeep(
+        gw.metrics.clone(),
+        gw.shutdown.clone(),
+    ));
     let _watcher = gw
         .policies
         .watch()

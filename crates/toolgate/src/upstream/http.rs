@@ -33,7 +33,50 @@ pub const NAME_HEADER: &str = "mcp-name";
 /// (URL parsing and conversion, the redirect layer, header merging) cost about a quarter of the
 /// gateway's instructions per call (callgrind, see the README's performance section). The URI
 /// and the server's headers are built once here; a call only clones them.
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Connector = ConnectTimeout<hyper_rustls::HttpsConnector<HttpConnector>>;
+
+/// How long a new upstream connection may take, name lookup and TLS handshake included.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connector whose whole connect (DNS, TCP, TLS) has one deadline: hyper's own connect
+/// timeout covers the TCP attempts only, so a lookup or a handshake that stalls would
+/// otherwise hold a call forever.
+#[derive(Clone)]
+pub struct ConnectTimeout<C> {
+    inner: C,
+    limit: Duration,
+}
+
+impl<C> tower_service::Service<http::Uri> for ConnectTimeout<C>
+where
+    C: tower_service::Service<http::Uri> + Send,
+    C::Future: Send + 'static,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = C::Response;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<C::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(format!("connecting took over {} s", limit.as_secs()).into()),
+            }
+        })
+    }
+}
 
 /// One configured HTTP server: its URL, credentials and connection pool.
 pub struct HttpServer {
@@ -58,13 +101,21 @@ impl HttpServer {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_platform_verifier()
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        // A peer that vanishes without a reset (host down, a NAT that forgot the flow) must
+        // fail the calls and streams waiting on it, not hold them forever.
+        http.set_keepalive(Some(Duration::from_secs(15)));
+        http.set_keepalive_interval(Some(Duration::from_secs(15)));
+        http.set_keepalive_retries(Some(3));
+        http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
+        let connector = ConnectTimeout {
+            inner: hyper_rustls::HttpsConnectorBuilder::new()
+                .with_platform_verifier()
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(http),
+            limit: CONNECT_TIMEOUT,
+        };
         // No redirect is ever followed: it would carry the server's credentials somewhere
         // unchecked (a 3xx is relayed to the agent as an HTTP error like any other status).
         let client = Client::builder(TokioExecutor::new())
@@ -178,8 +229,9 @@ impl HttpServer {
             req.headers_mut().insert(PROTOCOL_HEADER, v.clone());
         }
         match self.client.request(req).await {
-            // Read the answer out so the connection goes back to the pool.
-            Ok(r) => drop(r.into_body().collect().await),
+            // The answer is not read: an upstream that streams or trickles one must not hold
+            // up closing sessions (the connection is simply not reused).
+            Ok(r) => drop(r),
             Err(e) => {
                 tracing::debug!(server = %self.name, "upstream DELETE failed: {}", causes(&e));
             }
