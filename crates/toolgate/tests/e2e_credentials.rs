@@ -247,3 +247,50 @@ fn http_upstream_gets_its_own_credentials_never_the_agents() {
     drop(gw);
     drop(peer);
 }
+
+/// Credentials written into a server's URL go to the upstream as a Basic `Authorization`
+/// header (what reqwest, browsers and curl do) and never in the request line; the agent's own
+/// Authorization still never crosses.
+#[test]
+fn credentials_in_a_server_url_reach_it_as_basic_auth_only() {
+    const TOK_U: &str = "tg-e2e-url-credentials-7c1d";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let record = dir.path().join("http.jsonl");
+    let peer = RecorderHttp::start(&record);
+    let url = format!("http://svc%40acct:s3cr%3At@127.0.0.1:{}/mcp", peer.port);
+    let toml = format!(
+        "{}{}",
+        http_server_toml("remote", &url, RECORDER_TOOLS, ""),
+        grant_toml("u", "remote", "TOK_U")
+    );
+    let gw = Gateway::start_in(dir, &toml, &[("TOK_U", TOK_U)]);
+    let s = McpSession::open(&gw, "remote", Some(TOK_U));
+    assert_eq!(
+        tool_text(&s.call_tool("echo", json!({"message": "with url credentials"}))),
+        "Echo: with url credentials"
+    );
+    let rec = recorded(&record);
+    assert!(!rec.is_empty());
+    // base64("svc@acct:s3cr:t")
+    let expected = "Basic c3ZjQGFjY3Q6czNjcjp0";
+    for e in &rec {
+        let h = e["headers"].as_object().expect("recorded headers");
+        assert_eq!(
+            h.get("authorization").and_then(Value::as_str),
+            Some(expected),
+            "{e}"
+        );
+        let host = h.get("host").and_then(Value::as_str).unwrap_or("");
+        assert_eq!(host, format!("127.0.0.1:{}", peer.port), "{e}");
+    }
+    let text = recorded_text(&record);
+    assert!(
+        !text.contains(TOK_U),
+        "the agent's token reached the upstream"
+    );
+    assert!(
+        !gw.log().contains("s3cr"),
+        "the URL's password is in the log:\n{}",
+        gw.log()
+    );
+}

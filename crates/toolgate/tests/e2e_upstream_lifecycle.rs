@@ -160,6 +160,55 @@ fn http_upstream_is_reached_directly_with_a_proxy_in_the_environment() {
     );
 }
 
+/// An https upstream whose certificate chains to a CA the gateway trusts (here through
+/// `SSL_CERT_FILE`, which the platform verifier reads on Linux) is reached; with the same CA
+/// not trusted, the call fails closed and nothing reaches the server.
+#[test]
+fn https_upstreams_are_verified_against_the_trusted_roots() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls = TestTls::make(dir.path());
+    let record = dir.path().join("https.jsonl");
+    let cert = tls.cert.display().to_string();
+    let key = tls.key.display().to_string();
+    let peer = RecorderHttp::start_with_env(&record, &[("TLS_CERT", &cert), ("TLS_KEY", &key)]);
+    let url = format!("https://localhost:{}/mcp", peer.port);
+    let toml = format!(
+        "{}{}",
+        http_server_toml("secure", &url, RECORDER_TOOLS, ""),
+        grant_toml("a", "secure", "TOK")
+    );
+    let ca = tls.ca.display().to_string();
+
+    let trusting = Gateway::start(&toml, &[("TOK", TOK), ("SSL_CERT_FILE", &ca)]);
+    let s = McpSession::open(&trusting, "secure", Some(TOK));
+    let resp = s.call_tool("echo", json!({"message": "over tls"}));
+    assert!(resp.to_string().contains("over tls"), "{resp}");
+    drop(s);
+    drop(trusting);
+    let reached = std::fs::read_to_string(&record).unwrap_or_default();
+    assert!(reached.contains("over tls"), "{reached}");
+
+    // The default roots do not include the test CA.
+    let doubting = Gateway::start(&toml, &[("TOK", TOK)]);
+    let r = doubting
+        .post("secure")
+        .token(TOK)
+        .json(&initialize_body(1))
+        .send();
+    let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    assert_eq!(error_code(&body), Some(-32603), "{} {}", r.status, r.text());
+    let log = doubting.log();
+    assert!(
+        log.contains("upstream request failed") && log.to_lowercase().contains("certificate"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&record).unwrap_or_default(),
+        reached,
+        "a request reached the server over a connection the gateway should not trust"
+    );
+}
+
 /// An https upstream that accepts the TCP connection and then says nothing (a stalled TLS
 /// handshake): the connect deadline covers the handshake too, so the agent gets a JSON-RPC
 /// error in about 10 s instead of waiting forever.
