@@ -12,7 +12,8 @@
 //!   the recorder fixture wrote down.
 //! - `process`: `Spawned`, any other process (peers, SDK drivers) in its own process group,
 //!   killed on drop; polling with deadlines.
-//! - `peers`: `EverythingHttp`, `RecorderHttp`, and the SDK drivers run to completion.
+//! - `peers`: `EverythingHttp`, `RecorderHttp` (plain or HTTPS), `TestTls` (a throwaway CA and
+//!   server certificate), and the SDK drivers run to completion.
 //! - `policy`: the recorder behind a policy file of the test's, and the exact refusals.
 //! - `record`: what reached the recorder, one short line per message, compared whole.
 //! - `stdio`: `StdioClient`, MCP by hand over `toolgate run`'s stdin/stdout (local mode).
