@@ -54,3 +54,39 @@ server = "http"
 anonymous = true
 TOML
 }
+
+# For the hey-based scripts (policy-cost.sh, audit-cost.sh): $call is the tools/call they
+# send, $N and $C the request count and concurrency.
+HEY_INIT='{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}'
+
+# Opens an MCP session at URL; prints its id.
+hey_session() { # url
+  curl -s -D - -o /dev/null "$1" -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' -d "$HEY_INIT" |
+    tr -d '\r' | awk -F': ' 'tolower($1)=="mcp-session-id"{print $2}'
+}
+
+# Fails unless $call through URL in SESSION is an allowed call the upstream answered.
+assert_allowed() { # url session
+  local answer
+  answer=$(curl -s "$1" -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' -H "Mcp-Session-Id: $2" -d "$call")
+  case $answer in *'"text":"echo '*) ;; *) echo "not an allowed call through $1: $answer" >&2; exit 1 ;; esac
+}
+
+# Sends $call N times, C at once; prints "NAME req/s p50-seconds p99-seconds". Fails unless
+# every request was answered 200 (hey sends N/C per worker, so C * floor(N/C) in all; it
+# lists transport errors under "Error distribution").
+hey_run() { # name url session
+  hey -n "$N" -c "$C" -m POST -T application/json -H 'Accept: application/json, text/event-stream' \
+    -H "Mcp-Session-Id: $3" -H 'MCP-Protocol-Version: 2025-06-18' -d "$call" "$2" >"$TMP/$1.hey"
+  local rps p50 p99 ok
+  rps=$(awk '/Requests\/sec/{print $2}' "$TMP/$1.hey")
+  p50=$(awk '/ 50% in/{print $3}' "$TMP/$1.hey")
+  p99=$(awk '/ 99% in/{print $3}' "$TMP/$1.hey")
+  ok=$(awk '/\[200\]/{print $2}' "$TMP/$1.hey")
+  if [ "${ok:-0}" != $((N / C * C)) ] || grep -q 'Error distribution' "$TMP/$1.hey"; then
+    echo "$1: ${ok:-0} of $((N / C * C)) requests answered 200" >&2
+    cat "$TMP/$1.hey" >&2
+    exit 1
+  fi
+  echo "$1 $rps $p50 $p99"
+}

@@ -39,40 +39,20 @@ GW_OFF=$(address off)
 GW_ON=$(address on)
 [ -n "$GW_OFF" ] && [ -n "$GW_ON" ] || { echo "a gateway did not start" >&2; cat "$TMP"/*.log >&2; exit 1; }
 
-init='{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}'
-session() { curl -s -D - -o /dev/null "$1" -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' -d "$init" | tr -d '\r' | awk -F': ' 'tolower($1)=="mcp-session-id"{print $2}'; }
 # Arguments like a real call's: a few keys, one of them a secret the audit masks.
 call='{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"message":"select name from users","env":"dev","limit":10,"api_key":"k-123456"}}}'
 
-run() { # name url session
-  hey -n "$N" -c "$C" -m POST -T application/json -H 'Accept: application/json, text/event-stream' \
-    -H "Mcp-Session-Id: $3" -H 'MCP-Protocol-Version: 2025-06-18' -d "$call" "$2" >"$TMP/$1.hey"
-  local rps p50 p99 errors
-  rps=$(awk '/Requests\/sec/{print $2}' "$TMP/$1.hey")
-  p50=$(awk '/ 50% in/{print $3}' "$TMP/$1.hey")
-  p99=$(awk '/ 99% in/{print $3}' "$TMP/$1.hey")
-  # Every request answered 200 (hey sends N/C per worker, so C * floor(N/C) in all; it lists
-  # transport errors under "Error distribution").
-  ok=$(awk '/\[200\]/{print $2}' "$TMP/$1.hey")
-  if [ "${ok:-0}" != $((N / C * C)) ] || grep -q 'Error distribution' "$TMP/$1.hey"; then
-    echo "$1: ${ok:-0} of $((N / C * C)) requests answered 200" >&2; cat "$TMP/$1.hey" >&2; exit 1
-  fi
-  echo "$1 $rps $p50 $p99"
-}
-s_off=$(session "$GW_OFF/mcp/up"); s_on=$(session "$GW_ON/mcp/up")
+s_off=$(hey_session "$GW_OFF/mcp/up"); s_on=$(hey_session "$GW_ON/mcp/up")
 # The load must be allowed calls answered by the upstream.
-for target in "$GW_OFF/mcp/up $s_off" "$GW_ON/mcp/up $s_on"; do
-  set -- $target
-  answer=$(curl -s "$1" -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' -H "Mcp-Session-Id: $2" -d "$call")
-  case $answer in *'"text":"echo '*) ;; *) echo "not an allowed call through $1: $answer" >&2; exit 1 ;; esac
-done
+assert_allowed "$GW_OFF/mcp/up" "$s_off"
+assert_allowed "$GW_ON/mcp/up" "$s_on"
 # Warm-up (also lets each gateway fetch the upstream's tool list once per session).
-N=500 run warm "$GW_OFF/mcp/up" "$s_off" >/dev/null; N=500 run warm "$GW_ON/mcp/up" "$s_on" >/dev/null
+N=500 hey_run warm "$GW_OFF/mcp/up" "$s_off" >/dev/null; N=500 hey_run warm "$GW_ON/mcp/up" "$s_on" >/dev/null
 {
-  run direct "$UP" fast-upstream-session
+  hey_run direct "$UP" fast-upstream-session
   for r in $(seq "$ROUNDS"); do
-    run "audit-off#$r" "$GW_OFF/mcp/up" "$s_off"
-    run "audit-on#$r" "$GW_ON/mcp/up" "$s_on"
+    hey_run "audit-off#$r" "$GW_OFF/mcp/up" "$s_off"
+    hey_run "audit-on#$r" "$GW_ON/mcp/up" "$s_on"
   done
 } >"$TMP/results"
 records=$(cat "$TMP"/state-on/audit/*.jsonl | wc -l)

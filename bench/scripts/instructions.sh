@@ -7,6 +7,9 @@
 # level (info: each request has its span).
 #
 #   bash bench/scripts/instructions.sh [TOOLGATE_BINARY]
+#   TOOLGATE_LOG=warn,toolgate=info,toolgate::downstream=warn bash bench/scripts/instructions.sh
+#                                    # the same without the request span (the difference is
+#                                    # what the span costs; "listening on" must still log)
 #
 # Prints one line per configuration: "plain" (allow-all policy, audit off) and "realistic"
 # (bench/realistic-policy.py, audit on). Needs valgrind.
@@ -24,7 +27,7 @@ count() { # name policy audit-enabled
   write_gateway_config "$dir" "$2" "$3"
   # One runtime thread: the count is the same with two, and one keeps valgrind's
   # serialisation of threads out of the timings that decide when warm-up ends.
-  TOOLGATE_WORKER_THREADS=1 TOOLGATE_LOG=info TOOLGATE_ADMIN_TOKEN=bench \
+  TOOLGATE_WORKER_THREADS=1 TOOLGATE_LOG=${TOOLGATE_LOG:-info} TOOLGATE_ADMIN_TOKEN=bench \
     valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" \
     "$GATEWAY" serve --config "$dir/toolgate.toml" 2>"$dir/log" &
   local pid=$!

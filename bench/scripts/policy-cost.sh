@@ -36,32 +36,18 @@ pids+=($!)
 wait_for "$TMP/gw.log" 'listening on'
 GW=$(listening_url "$TMP/gw.log")
 
-init='{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}'
-session() { curl -s -D - -o /dev/null "$1" -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' -d "$init" | tr -d '\r' | awk -F': ' 'tolower($1)=="mcp-session-id"{print $2}'; }
 call='{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"message":"select name from users","env":"dev","limit":10}}}'
 
-run() { # name url session
-  hey -n "$N" -c "$C" -m POST -T application/json -H 'Accept: application/json, text/event-stream' \
-    -H "Mcp-Session-Id: $3" -H 'MCP-Protocol-Version: 2025-06-18' -d "$call" "$2" >"$TMP/$1.hey"
-  local rps p50 p99
-  rps=$(awk '/Requests\/sec/{print $2}' "$TMP/$1.hey")
-  p50=$(awk '/ 50% in/{print $3}' "$TMP/$1.hey")
-  p99=$(awk '/ 99% in/{print $3}' "$TMP/$1.hey")
-  echo "$1 $rps $p50 $p99"
-}
-s_plain=$(session "$GW/mcp/plain"); s_rich=$(session "$GW/mcp/rich")
+s_plain=$(hey_session "$GW/mcp/plain"); s_rich=$(hey_session "$GW/mcp/rich")
 # The load must be allowed calls answered by the upstream, not denials.
-for target in "$GW/mcp/plain $s_plain" "$GW/mcp/rich $s_rich"; do
-  set -- $target
-  answer=$(curl -s "$1" -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' -H "Mcp-Session-Id: $2" -d "$call")
-  case $answer in *'"text":"echo '*) ;; *) echo "not an allowed call through $1: $answer" >&2; exit 1 ;; esac
-done
+assert_allowed "$GW/mcp/plain" "$s_plain"
+assert_allowed "$GW/mcp/rich" "$s_rich"
 # Warm-up (also lets the gateway fetch the upstream's tool list once per session).
-N=500 run warm "$GW/mcp/plain" "$s_plain" >/dev/null; N=500 run warm "$GW/mcp/rich" "$s_rich" >/dev/null
+N=500 hey_run warm "$GW/mcp/plain" "$s_plain" >/dev/null; N=500 hey_run warm "$GW/mcp/rich" "$s_rich" >/dev/null
 {
-  run direct "$UP" fast-upstream-session
-  run gateway-minimal-policy "$GW/mcp/plain" "$s_plain"
-  run gateway-60-tool-policy "$GW/mcp/rich" "$s_rich"
+  hey_run direct "$UP" fast-upstream-session
+  hey_run gateway-minimal-policy "$GW/mcp/plain" "$s_plain"
+  hey_run gateway-60-tool-policy "$GW/mcp/rich" "$s_rich"
 } >"$TMP/results"
 echo "| run ($N calls, $C concurrent) | req/s | p50 ms | p99 ms | throughput vs direct |"
 echo "|---|---|---|---|---|"

@@ -178,6 +178,15 @@ enum GrantCommand {
     Revoke { id: String },
 }
 
+/// Whose policy: a server's, or one grant's on it.
+#[derive(clap::Args)]
+struct PolicyOf {
+    #[arg(long)]
+    server: String,
+    #[arg(long)]
+    grant: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Validate a policy: every error with its JSON pointer (exit 1 on errors), then warnings.
@@ -193,19 +202,15 @@ enum PolicyCommand {
     /// Store a new version of a server's (or one grant's) policy; refused, with every error, if invalid.
     Apply {
         file: PathBuf,
-        #[arg(long)]
-        server: String,
-        #[arg(long)]
-        grant: Option<String>,
+        #[command(flatten)]
+        of: PolicyOf,
         #[command(flatten)]
         target: Target,
     },
     /// Print a stored policy version (the newest by default).
     Show {
-        #[arg(long)]
-        server: String,
-        #[arg(long)]
-        grant: Option<String>,
+        #[command(flatten)]
+        of: PolicyOf,
         #[arg(long)]
         version: Option<u64>,
         #[command(flatten)]
@@ -213,10 +218,8 @@ enum PolicyCommand {
     },
     /// List the stored versions of a policy.
     Versions {
-        #[arg(long)]
-        server: String,
-        #[arg(long)]
-        grant: Option<String>,
+        #[command(flatten)]
+        of: PolicyOf,
         #[command(flatten)]
         target: Target,
     },
@@ -224,10 +227,8 @@ enum PolicyCommand {
     Diff {
         from: u64,
         to: u64,
-        #[arg(long)]
-        server: String,
-        #[arg(long)]
-        grant: Option<String>,
+        #[command(flatten)]
+        of: PolicyOf,
         #[command(flatten)]
         target: Target,
     },

@@ -180,32 +180,28 @@ pub fn policy(command: PolicyCommand) -> ExitCode {
     let rt = runtime();
     match command {
         PolicyCommand::Check { .. } => unreachable!("handled by main"),
-        PolicyCommand::Apply {
-            file,
-            server,
-            grant,
-            target,
-        } => {
+        PolicyCommand::Apply { file, of, target } => {
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
                 Err(e) => return fail(format!("{}: cannot read: {e}", file.display()), 2),
             };
             let r = match via(&target) {
-                Ok(Via::Api(c)) => rt.block_on(c.apply_policy(&server, grant.as_deref(), &text)),
-                Ok(Via::Direct(a)) => a.apply_policy(&server, grant.as_deref(), &text),
+                Ok(Via::Api(c)) => {
+                    rt.block_on(c.apply_policy(&of.server, of.grant.as_deref(), &text))
+                }
+                Ok(Via::Direct(a)) => a.apply_policy(&of.server, of.grant.as_deref(), &text),
                 Err(e) => return fail(e, 2),
             };
             done(target.json, r, stored)
         }
         PolicyCommand::Show {
-            server,
-            grant,
+            of,
             version,
             target,
         } => {
             let r = match via(&target) {
-                Ok(Via::Api(c)) => rt.block_on(c.policy(&server, grant.as_deref(), version)),
-                Ok(Via::Direct(a)) => a.policy(&server, grant.as_deref(), version),
+                Ok(Via::Api(c)) => rt.block_on(c.policy(&of.server, of.grant.as_deref(), version)),
+                Ok(Via::Direct(a)) => a.policy(&of.server, of.grant.as_deref(), version),
                 Err(e) => return fail(e, 2),
             };
             done(target.json, r, |v| {
@@ -215,14 +211,10 @@ pub fn policy(command: PolicyCommand) -> ExitCode {
                 )
             })
         }
-        PolicyCommand::Versions {
-            server,
-            grant,
-            target,
-        } => {
+        PolicyCommand::Versions { of, target } => {
             let r = match via(&target) {
-                Ok(Via::Api(c)) => rt.block_on(c.policy_versions(&server, grant.as_deref())),
-                Ok(Via::Direct(a)) => a.policy_versions(&server, grant.as_deref()),
+                Ok(Via::Api(c)) => rt.block_on(c.policy_versions(&of.server, of.grant.as_deref())),
+                Ok(Via::Direct(a)) => a.policy_versions(&of.server, of.grant.as_deref()),
                 Err(e) => return fail(e, 2),
             };
             done(target.json, r, |vs: &Vec<VersionInfo>| {
@@ -234,17 +226,18 @@ pub fn policy(command: PolicyCommand) -> ExitCode {
         PolicyCommand::Diff {
             from,
             to,
-            server,
-            grant,
+            of,
             target,
         } => {
             let r = match via(&target) {
                 Ok(Via::Api(c)) => rt.block_on(async {
-                    let a = c.policy(&server, grant.as_deref(), Some(from)).await?;
-                    let b = c.policy(&server, grant.as_deref(), Some(to)).await?;
+                    let a = c
+                        .policy(&of.server, of.grant.as_deref(), Some(from))
+                        .await?;
+                    let b = c.policy(&of.server, of.grant.as_deref(), Some(to)).await?;
                     Ok(diff_text(&a, &b))
                 }),
-                Ok(Via::Direct(a)) => a.diff(&server, grant.as_deref(), from, to),
+                Ok(Via::Direct(a)) => a.diff(&of.server, of.grant.as_deref(), from, to),
                 Err(e) => return fail(e, 2),
             };
             done(target.json, r, |d: &String| {

@@ -318,15 +318,20 @@ fn servers_and_their_tools_listed_live_from_the_upstream() {
     }
 }
 
-#[test]
-fn grants_are_issued_listed_and_read_and_their_tokens_shown_only_once() {
+/// The admin setup with a second server, `other` (allow-all), beside `rec`.
+fn admin_with_a_second_server() -> AdminSetup {
     let other = recorder_server_toml_with(
         "other",
         std::path::Path::new("/dev/null"),
         &[],
         Some(ALLOW_ALL),
     );
-    let a = admin_setup(&other, &[]);
+    admin_setup(&other, &[])
+}
+
+#[test]
+fn grants_are_issued_listed_and_read_and_their_tokens_shown_only_once() {
+    let a = admin_with_a_second_server();
     let gw = &a.gw;
 
     let r = gw
@@ -784,13 +789,7 @@ fn policies_are_versioned_and_an_invalid_one_is_refused_with_every_error() {
 
 #[test]
 fn a_grants_policy_comes_from_its_own_stored_version_then_its_file_then_the_servers() {
-    let other = recorder_server_toml_with(
-        "other",
-        std::path::Path::new("/dev/null"),
-        &[],
-        Some(ALLOW_ALL),
-    );
-    let a = admin_setup(&other, &[]);
+    let a = admin_with_a_second_server();
     let gw = &a.gw;
     let (id, token) = create_grant(gw, "rec", "stored");
     let (other_id, _) = create_grant(gw, "other", "elsewhere");

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use common::{
     ALLOW_ALL, EverythingHttp, Gateway, McpSession, PROTOCOL, RECORDER_TOOLS, RecorderHttp, Req,
-    Spawned, grant_toml, http_server_toml, poll_until, recorder_py, signal, toml_str, tool_text,
+    Spawned, grant_toml, http_server_toml, json_lines, poll_until, recorder_py, signal, toml_str,
+    tool_text, toolgate_cli, toolgate_command,
 };
 use journal::*;
 use serde_json::{Value, json};
@@ -797,7 +798,7 @@ fn sigkill_under_load_loses_no_record_of_an_answered_call() {
 
     // The journal, read by the operator command on the state directory.
     let cfg = gw.config_path.display().to_string();
-    let out = toolgate(
+    let out = toolgate_cli(
         &["audit", "export", "--format", "jsonl", "--config", &cfg],
         &[],
         gw.dir.path(),
@@ -899,8 +900,8 @@ fn both_ways(gw: &Gateway, args: &[&str]) -> Vec<Value> {
         "--json",
     ];
     api.extend_from_slice(args);
-    let d = toolgate(&direct, &[], gw.dir.path()).records();
-    let a = toolgate(&api, &[], gw.dir.path()).records();
+    let d = toolgate_cli(&direct, &[], gw.dir.path()).records();
+    let a = toolgate_cli(&api, &[], gw.dir.path()).records();
     assert_eq!(
         d, a,
         "{args:?}: the state directory (left) and the admin API (right) differ"
@@ -1000,7 +1001,7 @@ fn audit_tail_query_export_agree_on_the_state_dir_and_through_the_api() {
 
     // The text form: one line per record, newest last.
     let cfg = gw.config_path.display().to_string();
-    let text = toolgate(
+    let text = toolgate_cli(
         &["audit", "--config", &cfg, "tail", "-n", "2"],
         &[],
         gw.dir.path(),
@@ -1066,7 +1067,10 @@ fn audit_tail_follow_shows_a_record_made_after_it_started() {
         args.extend(["--json", "tail", "-n", "1", "--follow"]);
         (
             how,
-            Spawned::start("audit tail --follow", command(&args, &[], gw.dir.path())),
+            Spawned::start(
+                "audit tail --follow",
+                toolgate_command(&args, &[], gw.dir.path()),
+            ),
         )
     })
     .collect();
@@ -1091,7 +1095,7 @@ fn audit_tail_follow_shows_a_record_made_after_it_started() {
         let out = f.stdout();
         f.kill();
         assert!(seen, "{how}: the new record never showed; stdout:\n{out}");
-        let lines = jsonl(&out, how);
+        let lines = json_lines(&out, how);
         assert_eq!(
             lines.len(),
             2,
@@ -1111,7 +1115,7 @@ fn audit_tail_follow_with_zero_lines_shows_only_new_records() {
     let cfg = gw.config_path.display().to_string();
     let mut f = Spawned::start(
         "audit tail -n 0 --follow",
-        command(
+        toolgate_command(
             &[
                 "audit", "--config", &cfg, "--json", "tail", "-n", "0", "--follow",
             ],
@@ -1129,7 +1133,7 @@ fn audit_tail_follow_with_zero_lines_shows_only_new_records() {
     let out = f.stdout();
     f.kill();
     assert!(seen, "the new record never showed; stdout:\n{out}");
-    let lines = jsonl(&out, "tail -n 0 --follow");
+    let lines = json_lines(&out, "tail -n 0 --follow");
     let ids: Vec<&str> = lines
         .iter()
         .map(|r| r["request_id"].as_str().unwrap())
@@ -1157,7 +1161,7 @@ fn audit_query_time_bounds_in_whole_seconds() {
     let second = format!("{}Z", &time[..19]);
     let cfg = gw.config_path.display().to_string();
     let query = |flag: &str| {
-        toolgate(
+        toolgate_cli(
             &["audit", "--config", &cfg, "--json", "query", flag, &second],
             &[],
             gw.dir.path(),

@@ -30,22 +30,7 @@ fn two_hundred_racing_calls_admit_exactly_thirty() {
         .collect();
     let answers = fire(&calls);
 
-    let mut admitted = Vec::new();
-    for (resp, (_, _, message)) in answers.iter().zip(&calls) {
-        if is_done_ok(resp) {
-            assert_echo(resp, message, "an admitted call");
-            admitted.push(message.clone());
-        } else {
-            let rule = "/tools/echo/limits/burst";
-            let retry = assert_limited(resp, "burst", rule, 30, "minute", message);
-            // All 30 were admitted moments ago: the first frees up in about a minute.
-            assert!(
-                retry >= 50,
-                "{message}: retry_after_s {retry}, expected about 60"
-            );
-        }
-    }
-    admitted.sort();
+    let admitted = admitted_under_burst_of_30(&answers, &calls);
     assert_eq!(
         admitted.len(),
         30,

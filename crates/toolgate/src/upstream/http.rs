@@ -40,7 +40,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connector whose whole connect (DNS, TCP, TLS) has one deadline: hyper's own connect
 /// timeout covers the TCP attempts only, so a lookup or a handshake that stalls would
-/// otherwise hold a call forever.
+/// otherwise hold a call forever. (tower's `Timeout` would do, but its future is not `Unpin`,
+/// which hyper's connector needs.)
 #[derive(Clone)]
 pub struct ConnectTimeout<C> {
     inner: C,

@@ -1,17 +1,15 @@
 //! The audit trail as the tests see it: the journal read straight from the state directory
 //! (records are written before the answer leaves, so no waiting), one record checked whole,
-//! the operator's `toolgate audit ...` run as a process, and a byte search over every file of
-//! a directory tree (for secrets).
+//! and a byte search over every file of a directory tree (for secrets). The operator's
+//! `toolgate audit ...` runs through `common::toolgate_cli`.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::common::{Gateway, Spawned, toolgate_bin};
+use crate::common::{Gateway, json_lines};
 
 /// Every field a record has, in the order the gateway writes them.
 pub const FIELDS: &[&str] = &[
@@ -65,22 +63,9 @@ pub fn journal(gw: &Gateway) -> Vec<Value> {
     let mut out = Vec::new();
     for seg in segments(&state_dir(gw)) {
         let text = std::fs::read_to_string(&seg).expect("read audit segment");
-        out.extend(jsonl(&text, &seg.display().to_string()));
+        out.extend(json_lines(&text, &seg.display().to_string()));
     }
     out
-}
-
-/// JSON lines, each an object; blank lines skipped.
-pub fn jsonl(text: &str, what: &str) -> Vec<Value> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Value = serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("{what}: a line that is not JSON ({e}): {l:?}"));
-            assert!(v.is_object(), "{what}: a line that is not an object: {l}");
-            v
-        })
-        .collect()
 }
 
 /// The records with `request_id`.
@@ -173,51 +158,6 @@ pub fn is_rfc3339_ms(t: &str) -> bool {
             23 => *c == b'Z',
             _ => c.is_ascii_digit(),
         })
-}
-
-/// What an operator command printed, and how it exited.
-#[derive(Debug)]
-pub struct Cli {
-    pub code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Cli {
-    /// Its stdout as JSON lines, checking it exited 0.
-    pub fn records(&self) -> Vec<Value> {
-        assert_eq!(self.code, Some(0), "{self:#?}");
-        jsonl(&self.stdout, "toolgate audit output")
-    }
-}
-
-/// `toolgate ARGS` with only PATH, HOME, LANG and `env` in its environment, bounded to 30 s.
-pub fn toolgate(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Cli {
-    let mut p = Spawned::start("toolgate (audit command)", command(args, env, cwd));
-    let status = p
-        .wait_for(Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("toolgate {args:?} did not finish in 30 s"));
-    Cli {
-        code: status.code(),
-        stdout: p.stdout(),
-        stderr: p.stderr(),
-    }
-}
-
-/// The `Command` of `toolgate`, to run to completion or in the background.
-pub fn command(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Command {
-    let mut cmd = Command::new(toolgate_bin());
-    cmd.args(args)
-        .current_dir(cwd)
-        .env_clear()
-        .env("NO_COLOR", "1");
-    for key in ["PATH", "HOME", "LANG"] {
-        if let Ok(v) = std::env::var(key) {
-            cmd.env(key, v);
-        }
-    }
-    cmd.envs(env.iter().copied());
-    cmd
 }
 
 /// Every file under `dir` (recursively) that contains one of `needles`, with the needle.

@@ -190,6 +190,12 @@ impl CliRun {
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
     }
 
+    /// Its stdout as JSON lines (`--json` on a listing), checking it exited 0.
+    pub fn records(&self) -> Vec<Value> {
+        assert_eq!(self.code, Some(0), "{self:#?}");
+        json_lines(&self.stdout, "toolgate output")
+    }
+
     /// Asserts it exited 0.
     pub fn ok(&self) -> &CliRun {
         assert_eq!(self.code, Some(0), "{self:#?}");
@@ -200,6 +206,23 @@ impl CliRun {
 /// Runs `toolgate ARGS` in `cwd` with only PATH, HOME and `env` in its environment (no
 /// `TOOLGATE_*` from the test's own), bounded to 30 s.
 pub fn toolgate_cli(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> CliRun {
+    let mut p = Spawned::start(
+        "toolgate (operator command)",
+        toolgate_command(args, env, cwd),
+    );
+    let status = p
+        .wait_for(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("toolgate {args:?} did not finish in 30 s"));
+    CliRun {
+        code: status.code(),
+        stdout: p.stdout(),
+        stderr: p.stderr(),
+    }
+}
+
+/// The `Command` of `toolgate ARGS` in `cwd` with only PATH, HOME, LANG and `env` in its
+/// environment, to run to completion (`toolgate_cli`) or in the background.
+pub fn toolgate_command(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Command {
     let mut cmd = Command::new(toolgate_bin());
     cmd.args(args)
         .current_dir(cwd)
@@ -210,16 +233,19 @@ pub fn toolgate_cli(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> CliRun {
             cmd.env(key, v);
         }
     }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut p = Spawned::start("toolgate (operator command)", cmd);
-    let status = p
-        .wait_for(Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("toolgate {args:?} did not finish in 30 s"));
-    CliRun {
-        code: status.code(),
-        stdout: p.stdout(),
-        stderr: p.stderr(),
-    }
+    cmd.envs(env.iter().copied());
+    cmd
+}
+
+/// JSON lines (blank lines skipped), each of which must be an object.
+pub fn json_lines(text: &str, what: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{what}: a line that is not JSON ({e}): {l:?}"));
+            assert!(v.is_object(), "{what}: a line that is not an object: {l}");
+            v
+        })
+        .collect()
 }

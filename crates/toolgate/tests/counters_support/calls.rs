@@ -297,6 +297,31 @@ pub fn assert_limited(
 }
 
 /// Asserts `resp` is the fail-closed denial of a call whose counters cannot be checked.
+/// The messages of the racing calls that were admitted (sorted), each checked to be its own
+/// echo; every other answer must be the `burst` limit's denial (max 30 a minute), with a
+/// retry of about a minute since all 30 were admitted moments ago.
+pub fn admitted_under_burst_of_30(
+    answers: &[Value],
+    calls: &[(&McpSession<'_>, &str, String)],
+) -> Vec<String> {
+    let mut admitted = Vec::new();
+    for (resp, (_, _, message)) in answers.iter().zip(calls) {
+        if is_done_ok(resp) {
+            assert_echo(resp, message, "an admitted call");
+            admitted.push(message.clone());
+        } else {
+            let rule = "/tools/echo/limits/burst";
+            let retry = assert_limited(resp, "burst", rule, 30, "minute", message);
+            assert!(
+                retry >= 50,
+                "{message}: retry_after_s {retry}, expected about 60"
+            );
+        }
+    }
+    admitted.sort();
+    admitted
+}
+
 pub fn assert_store_down(resp: &Value, case: &str) {
     let result = &resp["result"];
     assert_eq!(result["isError"], json!(true), "{case}: {resp}");
