@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, CounterBackend, TransportConfig};
 use crate::counters::embedded::EmbeddedStore;
 use crate::counters::redis::RedisStore;
-use crate::counters::{CounterStore, Counters, Reservation, SystemClock};
+use crate::counters::{Counters, SystemClock};
 use crate::downstream::rebinding::HostCheck;
 use crate::grants::GrantTable;
 use crate::policies::Loaded;
@@ -234,12 +234,6 @@ impl Gateway {
 }
 
 impl Gateway {
-    /// Gives a reservation back in the background (a call that never reached the upstream).
-    pub fn counters_release(&self, reservation: Reservation) {
-        let counters = self.counters.clone();
-        tokio::spawn(async move { counters.release(reservation).await });
-    }
-
     /// Starts what runs beside the request path: the embedded store's snapshots, the metrics'
     /// upkeep, and the watch on the state store for changes made by another process.
     pub fn start_background(self: &Arc<Self>) {

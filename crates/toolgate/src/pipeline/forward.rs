@@ -10,6 +10,7 @@ use super::decide::{AllowedCall, Decided, Verdict};
 use super::{Answer, Binding, Message, Refused, STATELESS_VERSION, accepts_sse, limits};
 use crate::answers;
 use crate::audit::Outcome;
+use crate::counters::CounterStore;
 use crate::gateway::{Gateway, Upstream};
 use crate::grants::Grant;
 use crate::jsonrpc::{self, Kind};
@@ -270,7 +271,7 @@ pub async fn forward(
         Ok(r) => r,
         Err(refused) => {
             if let Some(r) = reservation {
-                gw.counters_release(r);
+                gw.counters.release(r).await;
             }
             return Err(refused);
         }
@@ -284,7 +285,7 @@ pub async fn forward(
         s.close().await;
     }
     answer(
-        limits::settle(&gw.counters, reservation, reply),
+        limits::settle(&gw.counters, reservation, reply).await,
         None,
         forwarded_at,
     )

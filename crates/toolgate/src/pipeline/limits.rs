@@ -86,40 +86,48 @@ pub async fn reserve(
     }
 }
 
-/// Watches the upstream's answer and gives the counters back if the call failed there.
-pub fn settle(counters: &Arc<Counters>, reservation: Option<Reservation>, reply: Reply) -> Reply {
+/// Watches the upstream's answer and gives the counters back if the call failed there. The
+/// counters are given back before the agent has the answer, so a retry that follows a failure
+/// at once finds its quota there (the stores answer or time out within milliseconds).
+pub async fn settle(
+    counters: &Arc<Counters>,
+    reservation: Option<Reservation>,
+    reply: Reply,
+) -> Reply {
     let Some(reservation) = reservation else {
         return reply;
-    };
-    let release = {
-        let counters = counters.clone();
-        move |r: Reservation| {
-            let counters = counters.clone();
-            tokio::spawn(async move { counters.release(r).await });
-        }
     };
     match reply {
         Reply::Json { status, body } => {
             if failed(&body) {
-                release(reservation);
+                counters.release(reservation).await;
             }
             Reply::Json { status, body }
         }
         // No JSON-RPC answer at all (an HTTP error from the upstream): the call did not happen.
         Reply::Status { .. } => {
-            release(reservation);
+            counters.release(reservation).await;
             reply
         }
         Reply::Stream(events) => {
+            let counters = counters.clone();
             let mut pending = Some(reservation);
             Reply::Stream(
                 events
-                    .inspect(move |e| {
-                        if pending.is_some() && crate::jsonrpc::is_response(&e.data) {
-                            let r = pending.take().expect("checked above");
-                            if failed(&e.data) {
-                                release(r);
+                    .then(move |e| {
+                        // The answer is the stream's one response event; released (when it
+                        // failed) before that event goes on to the agent.
+                        let release =
+                            match pending.is_some() && crate::jsonrpc::is_response(&e.data) {
+                                true => pending.take().filter(|_| failed(&e.data)),
+                                false => None,
+                            };
+                        let counters = counters.clone();
+                        async move {
+                            if let Some(r) = release {
+                                counters.release(r).await;
                             }
+                            e
                         }
                     })
                     .boxed(),
