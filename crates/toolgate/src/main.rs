@@ -281,7 +281,14 @@ fn main() -> ExitCode {
                     );
                 }
             }
-            match runtime().block_on(serve(cfg, matches!(cli.log_format, LogFormat::Json))) {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => return fail(format!("cannot start the runtime: {e}"), 1),
+            };
+            match runtime.block_on(serve(cfg, matches!(cli.log_format, LogFormat::Json))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e, 1),
             }
@@ -356,16 +363,20 @@ fn fail(e: impl std::fmt::Display, code: u8) -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    // TOOLGATE_WORKER_THREADS: runtime threads (default: one per core).
-    if let Some(n) = std::env::var("TOOLGATE_WORKER_THREADS")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads())
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts")
+}
+
+/// TOOLGATE_WORKER_THREADS, or one per core.
+fn worker_threads() -> usize {
+    std::env::var("TOOLGATE_WORKER_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|n| *n > 0)
-    {
-        builder.worker_threads(n);
-    }
-    builder.enable_all().build().expect("tokio runtime starts")
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 fn parse_header(h: &str) -> Option<(http::HeaderName, http::HeaderValue)> {
@@ -462,7 +473,7 @@ async fn serve(cfg: Config, json_logs: bool) -> Result<(), String> {
         .map_err(|e| format!("cannot watch policy files: {e}"))?;
     // Tests and scripts wait for this line (and read the port from it when listening on :0).
     tracing::info!("listening on http://{addr}");
-    toolgate::server::serve(gw, listener)
+    toolgate::server::serve(gw, listener, worker_threads())
         .await
         .map_err(|e| e.to_string())
 }

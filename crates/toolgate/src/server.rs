@@ -33,28 +33,59 @@ pub fn router(gw: Arc<Gateway>) -> Router {
 
 /// Serves until SIGTERM/SIGINT, then drains: no new connections, calls in flight get
 /// `shutdown_grace` to finish, streams end, and every upstream session is closed.
-pub async fn serve(gw: Arc<Gateway>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+///
+/// Thread per core: the calling thread and `threads - 1` more each run a single-threaded
+/// runtime. Connections are accepted here and handed to the threads in turn, and a connection
+/// and every call on it stay on its thread, with the upstream connections and stdio children
+/// that thread opened. On this path a work-stealing runtime spent more on waking its idle
+/// workers than on the call (README, performance). Shared state (sessions, counters,
+/// policies, audit) is the same `Gateway` on every thread. Must be called on a current-thread
+/// runtime.
+pub async fn serve(
+    gw: Arc<Gateway>,
+    listener: tokio::net::TcpListener,
+    threads: usize,
+) -> std::io::Result<()> {
     let reaper = tokio::spawn(reap_idle_sessions(gw.clone()));
     gw.start_background();
     let shutdown = gw.shutdown.clone();
     let grace = gw.config.shutdown_grace;
-    use axum::serve::ListenerExt;
-    // A proxy answers with small writes: never let Nagle's algorithm hold one back.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, router(gw.clone())).with_graceful_shutdown(async move {
+    let local = listener.local_addr()?;
+    // Each worker's runtime stays up after its connections are drained, until every session
+    // is closed: its upstream connections and child processes live there.
+    let stopped = tokio_util::sync::CancellationToken::new();
+    let (own, own_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut queues = vec![own];
+    let mut workers = Vec::new();
+    for n in 1..threads.max(1) {
+        let (queue, rx) = tokio::sync::mpsc::unbounded_channel();
+        queues.push(queue);
+        let listener = Handed { queue: rx, local };
+        workers.push(spawn_worker(n, gw.clone(), listener, stopped.clone())?);
+    }
+    tokio::spawn(hand_out(listener, queues, gw.shutdown.clone()));
+    let mine = Handed {
+        queue: own_rx,
+        local,
+    };
+    let own = serve_connections(mine, gw.clone(), async move {
         wait_for_signal().await;
         tracing::info!("shutting down: finishing calls in flight");
         // Long-lived streams would otherwise hold the drain open forever.
         shutdown.cancel();
     });
+    let served = async {
+        own.await;
+        for drained in &mut workers {
+            let _ = drained.await;
+        }
+    };
     let drained = async {
         gw.shutdown.cancelled().await;
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
-        result = server => result?,
+        () = served => {}
         _ = drained => tracing::warn!("shutdown grace of {grace:?} over; ending remaining calls"),
     }
     reaper.abort();
@@ -64,10 +95,106 @@ pub async fn serve(gw: Arc<Gateway>, listener: tokio::net::TcpListener) -> std::
     drop(sessions);
     gw.stateless_stdio.clear();
     gw.save_state();
-    // Children get their stdin closed and a moment to exit before the runtime ends.
+    // Children get their stdin closed and a moment to exit before the runtimes end.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    stopped.cancel();
     tracing::info!(sessions = count, "stopped");
     Ok(())
+}
+
+/// Accepts connections and hands them to the threads in turn, until shutdown.
+async fn hand_out(
+    listener: tokio::net::TcpListener,
+    queues: Vec<tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut next = 0;
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shutdown.cancelled() => return,
+        };
+        let stream = match accepted.and_then(|(s, _)| s.into_std()) {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait rather than spin (as axum does).
+                tracing::error!("accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        // A proxy answers with small writes: never let Nagle's algorithm hold one back.
+        let _ = stream.set_nodelay(true);
+        let _ = queues[next].send(stream);
+        next = (next + 1) % queues.len();
+    }
+}
+
+/// One thread's share of the connections, as axum's listener.
+struct Handed {
+    queue: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
+    local: std::net::SocketAddr,
+}
+
+impl axum::serve::Listener for Handed {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            // Closed only at shutdown, when axum no longer accepts.
+            let Some(stream) = self.queue.recv().await else {
+                std::future::pending::<()>().await;
+                continue;
+            };
+            // Registered with this thread's runtime, so its I/O is driven here.
+            match tokio::net::TcpStream::from_std(stream) {
+                Ok(s) => return (s, self.local),
+                Err(e) => tracing::error!("taking a connection: {e}"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// Serves the gateway's routes on the connections handed to this thread until `signal`.
+async fn serve_connections(
+    listener: Handed,
+    gw: Arc<Gateway>,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    // Cannot fail: `Handed::accept` never returns an error.
+    let _ = axum::serve(listener, router(gw))
+        .with_graceful_shutdown(signal)
+        .await;
+}
+
+/// A thread with its own single-threaded runtime serving the connections handed to it; the
+/// receiver completes once they are drained after shutdown.
+fn spawn_worker(
+    n: usize,
+    gw: Arc<Gateway>,
+    listener: Handed,
+    stopped: tokio_util::sync::CancellationToken,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (done, drained) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("toolgate-{n}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                let shutdown = gw.shutdown.clone();
+                serve_connections(listener, gw, shutdown.cancelled_owned()).await;
+                let _ = done.send(());
+                stopped.cancelled().await;
+            })
+        })?;
+    Ok(drained)
 }
 
 async fn metrics(

@@ -1,6 +1,6 @@
 //! Upstream lifecycles: stdio children that die mid-call and come back, HTTP upstreams that
 //! die mid-call, one child per session, what a child's environment holds, request timeouts,
-//! and graceful shutdown on SIGTERM.
+//! graceful shutdown on SIGTERM, and a session served by several of the gateway's threads.
 
 mod common;
 
@@ -13,6 +13,11 @@ const TOK: &str = "tg-e2e-lifecycle-token-4a9b";
 
 /// A gateway with the stdio recorder as `rec`; `top` goes before the tables.
 fn recorder_gateway(top: &str) -> (Gateway, std::path::PathBuf) {
+    recorder_gateway_with(top, &[])
+}
+
+/// The same, with more environment for the gateway.
+fn recorder_gateway_with(top: &str, env: &[(&str, &str)]) -> (Gateway, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
     let record = dir.path().join("rec.jsonl");
     let toml = format!(
@@ -20,7 +25,11 @@ fn recorder_gateway(top: &str) -> (Gateway, std::path::PathBuf) {
         recorder_server_toml("rec", &record, &[]),
         grant_toml("a", "rec", "TOK")
     );
-    (Gateway::start_in(dir, &toml, &[("TOK", TOK)]), record)
+    let env: Vec<_> = [("TOK", TOK)]
+        .into_iter()
+        .chain(env.iter().copied())
+        .collect();
+    (Gateway::start_in(dir, &toml, &env), record)
 }
 
 fn pid_of(s: &McpSession) -> i32 {
@@ -520,6 +529,60 @@ fn sigterm_ends_a_call_that_outlasts_the_grace() {
         t1.elapsed() < Duration::from_secs(5),
         "the agent's request hung on"
     );
+    assert!(
+        poll_until(Duration::from_secs(10), || process_gone(child)),
+        "the stdio child {child} outlived the gateway"
+    );
+}
+
+/// Thread per core: the gateway hands each new connection to the next of its threads, and the
+/// test client opens a connection per request, so one session's requests are served by all
+/// four threads in turn. Its stdio child, started from one thread, answers on every other;
+/// two calls in flight at once both finish; SIGTERM stops every thread and the child.
+#[test]
+fn one_session_is_served_by_every_thread_of_the_gateway() {
+    let (mut gw, _record) = recorder_gateway_with("", &[("TOOLGATE_WORKER_THREADS", "4")]);
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", gw.pid()))
+        .expect("the gateway's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect();
+    for n in 1..4 {
+        assert!(
+            threads.contains(&format!("toolgate-{n}")),
+            "no thread toolgate-{n} among {threads:?}"
+        );
+    }
+
+    let s = McpSession::open(&gw, "rec", Some(TOK));
+    let child = pid_of(&s);
+    for i in 0..8 {
+        let resp = s.call_tool("echo", json!({"message": format!("m{i}")}));
+        assert_eq!(tool_text(&resp), format!("Echo: m{i}"), "{resp}");
+    }
+    assert_eq!(
+        pid_of(&s),
+        child,
+        "one child for the session, whichever thread serves"
+    );
+
+    let slow = |id: u64| {
+        s.post()
+            .json(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                          "params": {"name": "slow", "arguments": {"seconds": 1}}}))
+            .spawn()
+    };
+    let (a, b) = (slow(s.next_id()), slow(s.next_id()));
+    for call in [a, b] {
+        let resp = call.wait().expect("a slow call").response();
+        assert_eq!(tool_text(&resp), "slept 1", "{resp}");
+    }
+
+    gw.sigterm();
+    let status = gw
+        .wait_exit(Duration::from_secs(15))
+        .expect("the gateway did not exit after SIGTERM");
+    assert!(status.success(), "exit status {status}");
     assert!(
         poll_until(Duration::from_secs(10), || process_gone(child)),
         "the stdio child {child} outlived the gateway"
