@@ -9,6 +9,7 @@
 //! - `counters`: limits counted per grant, session or server (embedded store or Redis).
 //! - `grants`: grant tokens and the door (401/403).
 //! - `jsonrpc`: envelope parsing (borrowed, duplicate keys refused), error shapes.
+//! - `media`: media types in `Content-Type` and `Accept`, compared without allocating.
 //! - `pipeline`: the request path of SPEC 3, one named step per function.
 //! - `policies`: policy files, compiled once per version, watched and swapped atomically.
 //! - `session`: the session table, grant binding, idle expiry.
@@ -17,7 +18,7 @@
 //! - `downstream`: the agent-facing transports (`http`: Streamable HTTP; `rebinding`: Host/Origin).
 //! - `upstream`: the server-facing transports (`stdio` children, `http` Streamable HTTP).
 //! - `gateway`: the shared state the request path reads.
-//! - `server`: routes, accept loop, shutdown.
+//! - `server`: routes, accept loop and the thread per core, shutdown.
 //!
 //! The policy engine lives in its own crate, `toolgate-policy`, pure and free of I/O.
 
@@ -33,6 +34,7 @@ pub mod downstream;
 pub mod gateway;
 pub mod grants;
 pub mod jsonrpc;
+pub mod media;
 pub mod pipeline;
 pub mod policies;
 pub mod server;

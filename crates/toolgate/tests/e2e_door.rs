@@ -561,3 +561,21 @@ fn base64(s: &str) -> String {
     }
     out
 }
+
+/// Media types are read without case and with their parameters: a call sent as
+/// `Application/JSON; charset=utf-8`, accepting `Application/Json, Text/Event-Stream`, is
+/// served like any other.
+#[test]
+fn media_types_are_read_without_case() {
+    let d = door();
+    let s = McpSession::open(&d.gw, "rec", Some(TOK_A));
+    let r = s
+        .post()
+        .header("content-type", "Application/JSON; charset=utf-8")
+        .header("accept", "Application/Json, Text/Event-Stream")
+        .body(call_body(s.next_id(), "echo", "case"))
+        .send();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let resp = r.response();
+    assert_eq!(tool_text(&resp), "Echo: case", "{resp}");
+}

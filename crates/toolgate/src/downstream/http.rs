@@ -86,15 +86,14 @@ async fn handle_post(
         Err(r) => refuse!(r),
     };
     trail.grant(&grant);
-    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
-        if !ct.starts_with("application/json") {
-            refuse!(Refused::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                jsonrpc::INVALID_REQUEST,
-                "Unsupported Media Type: Content-Type must be application/json",
-            ));
-        }
+    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE)
+        && !crate::media::is(ct.to_str().unwrap_or(""), "application/json")
+    {
+        refuse!(Refused::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            jsonrpc::INVALID_REQUEST,
+            "Unsupported Media Type: Content-Type must be application/json",
+        ));
     }
     let body = match read_body(body, &parts.headers, gw.config.max_body_bytes).await {
         Ok(b) => b,

@@ -254,8 +254,8 @@ pub fn accepts_sse(headers: &HeaderMap) -> bool {
     let mut any = false;
     for v in headers.get_all(http::header::ACCEPT) {
         any = true;
-        let v = v.to_str().unwrap_or("").to_ascii_lowercase();
-        if v.contains("text/event-stream") || v.contains("*/*") {
+        let v = v.to_str().unwrap_or("");
+        if crate::media::names(v, "text/event-stream") || crate::media::names(v, "*/*") {
             return true;
         }
     }

@@ -245,7 +245,7 @@ impl HttpServer {
         let is_sse = content_type
             .as_ref()
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"));
+            .is_some_and(|v| crate::media::is(v, "text/event-stream"));
         if status == StatusCode::ACCEPTED && kind != Kind::Request {
             return Reply::Accepted;
         }
@@ -284,7 +284,7 @@ impl HttpServer {
         let is_json = content_type
             .as_ref()
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
+            .is_some_and(|v| crate::media::is(v, "application/json"));
         if status.is_success() && is_json {
             Reply::Json { status, body }
         } else {

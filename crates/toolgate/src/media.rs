@@ -1,0 +1,50 @@
+//! Media types in `Content-Type` and `Accept` headers, compared without allocating: these
+//! headers are read on every call, in both directions.
+
+/// Whether a `Content-Type` value is `essence` (given in lower case), parameters aside:
+/// `Application/JSON; charset=utf-8` is `application/json`.
+pub fn is(value: &str, essence: &str) -> bool {
+    value
+        .get(..essence.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(essence))
+}
+
+/// Whether an `Accept` value names `media` (given in lower case) anywhere in it.
+pub fn names(value: &str, media: &str) -> bool {
+    value
+        .as_bytes()
+        .windows(media.len())
+        .any(|w| w.eq_ignore_ascii_case(media.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types_compare_without_case_and_parameters() {
+        assert!(is("application/json", "application/json"));
+        assert!(is("Application/JSON; charset=utf-8", "application/json"));
+        assert!(is("TEXT/EVENT-STREAM", "text/event-stream"));
+        assert!(!is("application/jso", "application/json"));
+        assert!(!is("text/plain", "application/json"));
+        assert!(!is("", "application/json"));
+        // A multi-byte character where the essence would end is not a panic.
+        assert!(!is("application/jsoé", "application/json"));
+    }
+
+    #[test]
+    fn accept_lists_are_searched_without_case() {
+        assert!(names(
+            "application/json, text/event-stream",
+            "text/event-stream"
+        ));
+        assert!(names(
+            "Application/Json, Text/Event-Stream;q=0.9",
+            "text/event-stream"
+        ));
+        assert!(names("*/*", "*/*"));
+        assert!(!names("application/json", "text/event-stream"));
+        assert!(!names("", "*/*"));
+    }
+}
