@@ -6,7 +6,7 @@
 # HTTP and over stdio. Then memory: the idle gateway's RSS, and with 1,000 and 10,000 idle
 # sessions. Prints Markdown and writes JSON (bench/results.json).
 #
-# Two floors are measured beside toolgate, over HTTP: `bare-proxy`, a pass-through on the same
+# Floors are measured beside toolgate, over HTTP: `bare-proxy`, a pass-through on the same
 # HTTP stack as toolgate that does nothing else, and nginx when it is installed (a tuned C
 # proxy; `apt-get install nginx-light`). They split "what toolgate adds" into what any proxy
 # adds on this machine's loopback and what toolgate's own work adds.
@@ -37,6 +37,13 @@ pids+=($!)
 BARE_PID=$!
 wait_for "$TMP/bare.log" listening
 BARE=$(grep -o 'http://[^ ]*' "$TMP/bare.log")
+# The same on one single-threaded runtime: toolgate runs one such runtime per core, so at one
+# session this is the floor of its own model.
+"$BIN/bare-proxy" --upstream "$UP" --port 0 --current-thread >"$TMP/bare1.log" &
+pids+=($!)
+BARE1_PID=$!
+wait_for "$TMP/bare1.log" listening
+BARE1=$(grep -o 'http://[^ ]*' "$TMP/bare1.log")
 
 NGINX=
 if command -v nginx >/dev/null; then
@@ -108,6 +115,7 @@ load() { # label transport sessions target pid
 for n in "${SESSIONS[@]}"; do
   load direct http "$n" "$UP"
   load bare http "$n" "$BARE" "$BARE_PID"
+  load bare1 http "$n" "$BARE1" "$BARE1_PID"
   [[ -n $NGINX ]] && load nginx http "$n" "$NGINX" "$NGINX_WORKER"
   load plain http "$n" "http://127.0.0.1:$PLAIN_PORT/mcp/http" "$PLAIN_PID"
   load realistic http "$n" "http://127.0.0.1:$REAL_PORT/mcp/http" "$REAL_PID"
@@ -153,19 +161,22 @@ for transport in ("http", "stdio"):
               f'| {fmt(r["throughput"])} ({r["throughput"]/max(d["throughput"],1e-9):.2f}×) | {added("p50")} | {added("p99")} | {added("p999")} '
               f'| {fmt(p["cpu_us_per_call"],1)} / {fmt(r["cpu_us_per_call"],1)} | {errs or "none"} |')
 print("\n### floors: other proxies in the same run (HTTP upstream)\n")
-print("| sessions | direct calls/s | bare-proxy calls/s (ratio) | nginx calls/s (ratio) | added p50 µs (bare / nginx / toolgate) | added p99 µs (bare / nginx / toolgate) | CPU µs/call (bare / nginx / toolgate) |")
-print("|---|---|---|---|---|---|---|")
+print("| sessions | proxy | calls/s (ratio) | added p50 µs | added p99 µs | CPU µs/call |")
+print("|---|---|---|---|---|---|")
+proxies = (("bare", "bare-proxy (tokio's work-stealing runtime)"),
+           ("bare1", "bare-proxy --current-thread (one single-threaded runtime)"),
+           ("nginx", "nginx"), ("plain", "toolgate, allow-all"))
 for n in sorted({r["sessions"] for r in runs}):
-    d, b, x, p = (by.get(f"{k}/http/{n}") for k in ("direct", "bare", "nginx", "plain"))
-    if not (d and b and p):
+    d = by.get(f"direct/http/{n}")
+    if not d:
         continue
-    def add(r, q):
-        return "-" if r is None else f'{r["latency_us"][q] - d["latency_us"][q]:+,}'
-    def ratio(r):
-        return "-" if r is None else f'{fmt(r["throughput"])} ({r["throughput"]/max(d["throughput"],1e-9):.2f}×)'
-    cpu = " / ".join(fmt(r and r["cpu_us_per_call"], 1) for r in (b, x, p))
-    print(f'| {n} | {fmt(d["throughput"])} | {ratio(b)} | {ratio(x)} | {add(b,"p50")} / {add(x,"p50")} / {add(p,"p50")} '
-          f'| {add(b,"p99")} / {add(x,"p99")} / {add(p,"p99")} | {cpu} |')
+    for key, label in proxies:
+        r = by.get(f"{key}/http/{n}")
+        if r is None:
+            continue
+        print(f'| {n} | {label} | {fmt(r["throughput"])} ({r["throughput"]/max(d["throughput"],1e-9):.2f}×) '
+              f'| {r["latency_us"]["p50"] - d["latency_us"]["p50"]:+,} | {r["latency_us"]["p99"] - d["latency_us"]["p99"]:+,} '
+              f'| {fmt(r["cpu_us_per_call"], 1)} |')
 print("\n### memory (HTTP upstream, idle sessions)\n")
 print(f"| state | gateway RSS | per session |")
 print("|---|---|---|")
