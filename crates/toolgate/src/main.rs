@@ -492,19 +492,7 @@ fn init_logging(format: LogFormat) {
         .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.fmt_fields(plain_fields()).init(),
+        LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-}
-
-/// Fields as `name=value`, like tracing-subscriber's default but without its per-field styling:
-/// every request's span fields are formatted when the span is made, and the default's styling
-/// (nu-ansi-term, used even with colours off) made four allocations per request.
-fn plain_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> {
-    use tracing_subscriber::field::MakeExt;
-    tracing_subscriber::fmt::format::debug_fn(|w, field, value| match field.name() {
-        "message" => write!(w, "{value:?}"),
-        name => write!(w, "{name}={value:?}"),
-    })
-    .delimited(" ")
 }

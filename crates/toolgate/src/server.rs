@@ -76,8 +76,8 @@ pub async fn serve(
     });
     let served = async {
         own.await;
-        for drained in &mut workers {
-            let _ = drained.await;
+        for worker in &mut workers {
+            let _ = (&mut worker.drained).await;
         }
     };
     let drained = async {
@@ -98,14 +98,34 @@ pub async fn serve(
     // Children get their stdin closed and a moment to exit before the runtimes end.
     tokio::time::sleep(Duration::from_millis(200)).await;
     stopped.cancel();
+    // Each runtime ends its tasks as its thread returns (children it spawned are killed then):
+    // wait for that, within reason, before the process exits.
+    // (Joined from a thread of its own: a blocking task would hold up this runtime's end.)
+    let threads: Vec<_> = workers.into_iter().map(|w| w.thread).collect();
+    let (joined, all_joined) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+        let _ = joined.send(());
+    });
+    if tokio::time::timeout(Duration::from_secs(5), all_joined)
+        .await
+        .is_err()
+    {
+        tracing::warn!("a serving thread did not stop within 5 s");
+    }
     tracing::info!(sessions = count, "stopped");
     Ok(())
 }
 
+/// A connection on its way to the thread that serves it, with the peer's address.
+type Accepted = (std::net::TcpStream, std::net::SocketAddr);
+
 /// Accepts connections and hands them to the threads in turn, until shutdown.
 async fn hand_out(
     listener: tokio::net::TcpListener,
-    queues: Vec<tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>>,
+    queues: Vec<tokio::sync::mpsc::UnboundedSender<Accepted>>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut next = 0;
@@ -114,8 +134,10 @@ async fn hand_out(
             a = listener.accept() => a,
             () = shutdown.cancelled() => return,
         };
-        let stream = match accepted.and_then(|(s, _)| s.into_std()) {
-            Ok(s) => s,
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            // One client's failed handshake: go on at once (as axum does).
+            Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
                 // Out of file descriptors, most likely: wait rather than spin (as axum does).
                 tracing::error!("accepting a connection: {e}");
@@ -125,14 +147,42 @@ async fn hand_out(
         };
         // A proxy answers with small writes: never let Nagle's algorithm hold one back.
         let _ = stream.set_nodelay(true);
-        let _ = queues[next].send(stream);
-        next = (next + 1) % queues.len();
+        let mut connection = match stream.into_std() {
+            Ok(s) => (s, peer),
+            Err(e) => {
+                tracing::warn!("taking a connection off the runtime: {e}");
+                continue;
+            }
+        };
+        // A thread whose runtime has ended (it panicked) is passed over, said once per
+        // connection it would have had.
+        for _ in 0..queues.len() {
+            let queue = &queues[next];
+            next = (next + 1) % queues.len();
+            match queue.send(connection) {
+                Ok(()) => break,
+                Err(returned) => {
+                    tracing::error!("a serving thread has stopped; its share goes to the others");
+                    connection = returned.0;
+                }
+            }
+        }
     }
+}
+
+/// Errors of one connection, not of the listener.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    )
 }
 
 /// One thread's share of the connections, as axum's listener.
 struct Handed {
-    queue: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
+    queue: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
+    /// The listening socket's address.
     local: std::net::SocketAddr,
 }
 
@@ -143,13 +193,13 @@ impl axum::serve::Listener for Handed {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             // Closed only at shutdown, when axum no longer accepts.
-            let Some(stream) = self.queue.recv().await else {
+            let Some((stream, peer)) = self.queue.recv().await else {
                 std::future::pending::<()>().await;
                 continue;
             };
             // Registered with this thread's runtime, so its I/O is driven here.
             match tokio::net::TcpStream::from_std(stream) {
-                Ok(s) => return (s, self.local),
+                Ok(s) => return (s, peer),
                 Err(e) => tracing::error!("taking a connection: {e}"),
             }
         }
@@ -172,29 +222,42 @@ async fn serve_connections(
         .await;
 }
 
-/// A thread with its own single-threaded runtime serving the connections handed to it; the
-/// receiver completes once they are drained after shutdown.
+/// A thread with its own single-threaded runtime serving the connections handed to it.
 fn spawn_worker(
     n: usize,
     gw: Arc<Gateway>,
     listener: Handed,
     stopped: tokio_util::sync::CancellationToken,
-) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+) -> std::io::Result<Worker> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let (done, drained) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name(format!("toolgate-{n}"))
         .spawn(move || {
             runtime.block_on(async move {
                 let shutdown = gw.shutdown.clone();
-                serve_connections(listener, gw, shutdown.cancelled_owned()).await;
-                let _ = done.send(());
-                stopped.cancelled().await;
+                let serving = async move {
+                    serve_connections(listener, gw, shutdown.cancelled_owned()).await;
+                    let _ = done.send(());
+                    std::future::pending::<()>().await
+                };
+                // Past the grace, `stopped` ends calls still in flight here too.
+                tokio::select! {
+                    () = serving => {}
+                    () = stopped.cancelled() => {}
+                }
             })
         })?;
-    Ok(drained)
+    Ok(Worker { thread, drained })
+}
+
+/// A serving thread other than the caller's.
+struct Worker {
+    thread: std::thread::JoinHandle<()>,
+    /// Completes once its connections are drained after shutdown.
+    drained: tokio::sync::oneshot::Receiver<()>,
 }
 
 async fn metrics(

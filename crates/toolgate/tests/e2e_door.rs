@@ -563,8 +563,8 @@ fn base64(s: &str) -> String {
 }
 
 /// Media types are read without case and with their parameters: a call sent as
-/// `Application/JSON; charset=utf-8`, accepting `Application/Json, Text/Event-Stream`, is
-/// served like any other.
+/// `Application/JSON; charset=utf-8` is served like any other (a case-sensitive check answers
+/// 415). The `Accept` list is mixed case too; `media::names`' unit tests cover its reading.
 #[test]
 fn media_types_are_read_without_case() {
     let d = door();

@@ -537,28 +537,51 @@ fn sigterm_ends_a_call_that_outlasts_the_grace() {
 
 /// Thread per core: the gateway hands each new connection to the next of its threads, and the
 /// test client opens a connection per request, so one session's requests are served by all
-/// four threads in turn. Its stdio child, started from one thread, answers on every other;
-/// two calls in flight at once both finish; SIGTERM stops every thread and the child.
+/// four threads in turn (each thread's CPU time grows while they are). Its stdio child,
+/// started from one thread, answers on every other; two calls in flight at once both finish;
+/// SIGTERM stops every thread and the child.
 #[test]
 fn one_session_is_served_by_every_thread_of_the_gateway() {
     let (mut gw, _record) = recorder_gateway_with("", &[("TOOLGATE_WORKER_THREADS", "4")]);
-    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", gw.pid()))
-        .expect("the gateway's threads")
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|name| name.trim().to_string())
-        .collect();
-    for n in 1..4 {
-        assert!(
-            threads.contains(&format!("toolgate-{n}")),
-            "no thread toolgate-{n} among {threads:?}"
-        );
-    }
+    let names: Vec<String> = ["toolgate", "toolgate-1", "toolgate-2", "toolgate-3"]
+        .map(String::from)
+        .to_vec();
+    // CPU time (ns) of each serving thread, from /proc/PID/task/TID/schedstat.
+    let cpu = |gw: &Gateway| -> Vec<u64> {
+        let mut by_name = std::collections::HashMap::new();
+        for task in std::fs::read_dir(format!("/proc/{}/task", gw.pid())).expect("threads") {
+            let dir = task.expect("a thread").path();
+            let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            let ns = std::fs::read_to_string(dir.join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            by_name.insert(name.trim().to_string(), ns);
+        }
+        names
+            .iter()
+            .map(|n| {
+                *by_name
+                    .get(n)
+                    .unwrap_or_else(|| panic!("no thread {n} among {:?}", by_name.keys()))
+            })
+            .collect()
+    };
 
     let s = McpSession::open(&gw, "rec", Some(TOK));
     let child = pid_of(&s);
-    for i in 0..8 {
+    let before = cpu(&gw);
+    for i in 0..40 {
         let resp = s.call_tool("echo", json!({"message": format!("m{i}")}));
         assert_eq!(tool_text(&resp), format!("Echo: m{i}"), "{resp}");
+    }
+    let after = cpu(&gw);
+    for (n, name) in names.iter().enumerate() {
+        let used = after[n] - before[n];
+        assert!(
+            used > 1_000_000,
+            "thread {name} used {used} ns over 40 calls: it served none of them"
+        );
     }
     assert_eq!(
         pid_of(&s),
@@ -586,5 +609,33 @@ fn one_session_is_served_by_every_thread_of_the_gateway() {
     assert!(
         poll_until(Duration::from_secs(10), || process_gone(child)),
         "the stdio child {child} outlived the gateway"
+    );
+}
+
+/// A child's stderr goes to the gateway's log, and what it writes cannot drive the operator's
+/// terminal: control characters (ESC, BEL) arrive escaped, not raw.
+#[test]
+fn a_childs_stderr_is_logged_with_control_characters_escaped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let record = dir.path().join("rec.jsonl");
+    let line = "evil \u{1b}[31mRED\u{1b}[0m \u{1b}]0;pwned\u{7} end";
+    let toml = format!(
+        "{}{}",
+        recorder_server_toml("rec", &record, &[("RECORDER_STDERR", line)]),
+        grant_toml("a", "rec", "TOK")
+    );
+    let gw = Gateway::start_in(dir, &toml, &[("TOK", TOK)]);
+    let _s = McpSession::open(&gw, "rec", Some(TOK));
+    assert!(
+        poll_until(Duration::from_secs(10), || gw.log().contains("evil")),
+        "the child's stderr line is not in the log:\n{}",
+        gw.log()
+    );
+    let log = gw.log();
+    let logged = log.lines().find(|l| l.contains("evil")).expect("the line");
+    assert!(logged.contains("end"), "{logged:?}");
+    assert!(
+        !logged.contains('\u{1b}') && !logged.contains('\u{7}'),
+        "control characters reached the log raw: {logged:?}"
     );
 }

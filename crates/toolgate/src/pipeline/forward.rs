@@ -10,7 +10,6 @@ use super::decide::{AllowedCall, Decided, Verdict};
 use super::{Answer, Binding, Message, Refused, STATELESS_VERSION, accepts_sse, limits};
 use crate::answers;
 use crate::audit::Outcome;
-use crate::counters::CounterStore;
 use crate::gateway::{Gateway, Upstream};
 use crate::grants::Grant;
 use crate::jsonrpc::{self, Kind};
@@ -271,7 +270,7 @@ pub async fn forward(
         Ok(r) => r,
         Err(refused) => {
             if let Some(r) = reservation {
-                gw.counters.release(r).await;
+                limits::release(&gw.counters, r).await;
             }
             return Err(refused);
         }

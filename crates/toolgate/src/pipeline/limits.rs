@@ -88,7 +88,8 @@ pub async fn reserve(
 
 /// Watches the upstream's answer and gives the counters back if the call failed there. The
 /// counters are given back before the agent has the answer, so a retry that follows a failure
-/// at once finds its quota there (the stores answer or time out within milliseconds).
+/// at once finds its quota there. (Redis can take up to about 1.5 s when it is failing: its
+/// connect and response timeouts and one retry.)
 pub async fn settle(
     counters: &Arc<Counters>,
     reservation: Option<Reservation>,
@@ -100,13 +101,13 @@ pub async fn settle(
     match reply {
         Reply::Json { status, body } => {
             if failed(&body) {
-                counters.release(reservation).await;
+                release(counters, reservation).await;
             }
             Reply::Json { status, body }
         }
         // No JSON-RPC answer at all (an HTTP error from the upstream): the call did not happen.
         Reply::Status { .. } => {
-            counters.release(reservation).await;
+            release(counters, reservation).await;
             reply
         }
         Reply::Stream(events) => {
@@ -125,7 +126,7 @@ pub async fn settle(
                         let counters = counters.clone();
                         async move {
                             if let Some(r) = release {
-                                counters.release(r).await;
+                                self::release(&counters, r).await;
                             }
                             e
                         }
@@ -135,6 +136,13 @@ pub async fn settle(
         }
         Reply::Accepted => reply,
     }
+}
+
+/// Gives a reservation back, in a task of its own that is awaited: the agent may go away (and
+/// its request be dropped) mid-release, and the release must still finish.
+pub async fn release(counters: &Arc<Counters>, reservation: Reservation) {
+    let counters = counters.clone();
+    let _ = tokio::spawn(async move { counters.release(reservation).await }).await;
 }
 
 /// Whether the call failed upstream, so that it did not happen: a JSON-RPC error, except a

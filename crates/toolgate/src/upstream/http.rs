@@ -35,6 +35,9 @@ pub const NAME_HEADER: &str = "mcp-name";
 /// and the server's headers are built once here; a call only clones them.
 type Connector = ConnectTimeout<hyper_rustls::HttpsConnector<HttpConnector>>;
 
+/// How long closing an upstream session may take.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a new upstream connection may take, name lookup and TLS handshake included.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -260,13 +263,15 @@ impl HttpServer {
         if let Some(v) = protocol_version {
             req.headers_mut().insert(PROTOCOL_HEADER, v.clone());
         }
-        match self.send(req).await {
-            // The answer is not read: an upstream that streams or trickles one must not hold
-            // up closing sessions (the connection is simply not reused).
-            Ok(r) => drop(r),
-            Err(e) => {
+        // Bounded, and the answer is not read: an upstream that never answers, or streams or
+        // trickles its answer, must not hold up shutdown or the idle-session reaper (the
+        // connection is simply not reused).
+        match tokio::time::timeout(DELETE_TIMEOUT, self.send(req)).await {
+            Ok(Ok(r)) => drop(r),
+            Ok(Err(e)) => {
                 tracing::debug!(server = %self.name, "upstream DELETE failed: {}", causes(&e));
             }
+            Err(_) => tracing::debug!(server = %self.name, "upstream DELETE got no answer"),
         }
     }
 
