@@ -13,16 +13,20 @@ const TOK: &str = "tg-e2e-lifecycle-token-4a9b";
 
 /// A gateway with the stdio recorder as `rec`; `top` goes before the tables.
 fn recorder_gateway(top: &str) -> (Gateway, std::path::PathBuf) {
-    recorder_gateway_with(top, &[])
+    recorder_gateway_with(top, &[], &[])
 }
 
-/// The same, with more environment for the gateway.
-fn recorder_gateway_with(top: &str, env: &[(&str, &str)]) -> (Gateway, std::path::PathBuf) {
+/// The same, with more environment for the gateway (`env`) and for the recorder (`child_env`).
+fn recorder_gateway_with(
+    top: &str,
+    env: &[(&str, &str)],
+    child_env: &[(&str, &str)],
+) -> (Gateway, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
     let record = dir.path().join("rec.jsonl");
     let toml = format!(
         "{top}\n{}{}",
-        recorder_server_toml("rec", &record, &[]),
+        recorder_server_toml("rec", &record, child_env),
         grant_toml("a", "rec", "TOK")
     );
     let env: Vec<_> = [("TOK", TOK)]
@@ -30,6 +34,14 @@ fn recorder_gateway_with(top: &str, env: &[(&str, &str)]) -> (Gateway, std::path
         .chain(env.iter().copied())
         .collect();
     (Gateway::start_in(dir, &toml, &env), record)
+}
+
+/// A stdio child of a gateway that has exited is gone within 10 s.
+fn assert_child_ended(child: i32) {
+    assert!(
+        poll_until(Duration::from_secs(10), || process_gone(child)),
+        "the stdio child {child} outlived the gateway"
+    );
 }
 
 fn pid_of(s: &McpSession) -> i32 {
@@ -488,10 +500,7 @@ fn sigterm_lets_the_call_in_flight_finish_then_exits_zero() {
         took < Duration::from_secs(GRACE),
         "exit took {took:?}, over the grace"
     );
-    assert!(
-        poll_until(Duration::from_secs(10), || process_gone(child)),
-        "the stdio child {child} outlived the gateway"
-    );
+    assert_child_ended(child);
 }
 
 #[test]
@@ -529,10 +538,7 @@ fn sigterm_ends_a_call_that_outlasts_the_grace() {
         t1.elapsed() < Duration::from_secs(5),
         "the agent's request hung on"
     );
-    assert!(
-        poll_until(Duration::from_secs(10), || process_gone(child)),
-        "the stdio child {child} outlived the gateway"
-    );
+    assert_child_ended(child);
 }
 
 /// Thread per core: the gateway hands each new connection to the next of its threads, and the
@@ -542,7 +548,7 @@ fn sigterm_ends_a_call_that_outlasts_the_grace() {
 /// SIGTERM stops every thread and the child.
 #[test]
 fn one_session_is_served_by_every_thread_of_the_gateway() {
-    let (mut gw, _record) = recorder_gateway_with("", &[("TOOLGATE_WORKER_THREADS", "4")]);
+    let (mut gw, _record) = recorder_gateway_with("", &[("TOOLGATE_WORKER_THREADS", "4")], &[]);
     let names: Vec<String> = ["toolgate", "toolgate-1", "toolgate-2", "toolgate-3"]
         .map(String::from)
         .to_vec();
@@ -606,25 +612,15 @@ fn one_session_is_served_by_every_thread_of_the_gateway() {
         .wait_exit(Duration::from_secs(15))
         .expect("the gateway did not exit after SIGTERM");
     assert!(status.success(), "exit status {status}");
-    assert!(
-        poll_until(Duration::from_secs(10), || process_gone(child)),
-        "the stdio child {child} outlived the gateway"
-    );
+    assert_child_ended(child);
 }
 
 /// A child's stderr goes to the gateway's log, and what it writes cannot drive the operator's
 /// terminal: control characters (ESC, BEL) arrive escaped, not raw.
 #[test]
 fn a_childs_stderr_is_logged_with_control_characters_escaped() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let record = dir.path().join("rec.jsonl");
     let line = "evil \u{1b}[31mRED\u{1b}[0m \u{1b}]0;pwned\u{7} end";
-    let toml = format!(
-        "{}{}",
-        recorder_server_toml("rec", &record, &[("RECORDER_STDERR", line)]),
-        grant_toml("a", "rec", "TOK")
-    );
-    let gw = Gateway::start_in(dir, &toml, &[("TOK", TOK)]);
+    let (gw, _record) = recorder_gateway_with("", &[], &[("RECORDER_STDERR", line)]);
     let _s = McpSession::open(&gw, "rec", Some(TOK));
     assert!(
         poll_until(Duration::from_secs(10), || gw.log().contains("evil")),

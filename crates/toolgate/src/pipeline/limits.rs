@@ -118,15 +118,14 @@ pub async fn settle(
                     .then(move |e| {
                         // The answer is the stream's one response event; released (when it
                         // failed) before that event goes on to the agent.
-                        let release =
-                            match pending.is_some() && crate::jsonrpc::is_response(&e.data) {
-                                true => pending.take().filter(|_| failed(&e.data)),
-                                false => None,
-                            };
-                        let counters = counters.clone();
+                        let answered = pending.is_some() && crate::jsonrpc::is_response(&e.data);
+                        let give_back = pending
+                            .take_if(|_| answered)
+                            .filter(|_| failed(&e.data))
+                            .map(|r| (counters.clone(), r));
                         async move {
-                            if let Some(r) = release {
-                                self::release(&counters, r).await;
+                            if let Some((counters, r)) = give_back {
+                                release(&counters, r).await;
                             }
                             e
                         }

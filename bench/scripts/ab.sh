@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Two gateway builds side by side, measured in alternation (A, B, A, B, ...) so that this
+# machine's drift falls on both alike: the same fast upstream, allow-all (audit off) and
+# realistic (audit on) configurations of each, one loadgen run at a time. Per run: p50, p99,
+# calls/s, and the gateway's user and system CPU per call (from /proc/PID/stat around the run).
+#
+#   bash bench/scripts/ab.sh OLD_BINARY NEW_BINARY              # 64 sessions, 3 rounds
+#   SESSIONS=1 ROUNDS=2 bash bench/scripts/ab.sh OLD NEW
+#
+# (Build the old binary from a worktree: `git worktree add /tmp/old REV && cargo build
+# --release -p toolgate --manifest-path /tmp/old/Cargo.toml`.)
+set -euo pipefail
+[[ $# == 2 ]] || { echo "usage: ab.sh BINARY_A BINARY_B" >&2; exit 2; }
+A=$(realpath "$1")
+B=$(realpath "$2")
+cd "$(dirname "$0")/../.."
+source bench/lib.sh
+start_fast_upstream
+echo '{"version": "1", "default": "allow"}' >"$TMP/plain.json"
+python3 bench/realistic-policy.py "$TMP/realistic.json"
+
+start() { # name binary policy audit -> prints "pid url"
+  local dir=$TMP/$1
+  write_gateway_config "$dir" "$3" "$4"
+  TOOLGATE_LOG="warn,toolgate=info,toolgate::upstream=warn" TOOLGATE_ADMIN_TOKEN=bench \
+    "$2" serve --config "$dir/toolgate.toml" 2>"$dir/log" &
+  echo "$!" >"$dir/pid"
+  wait_for "$dir/log" 'listening on' >/dev/null
+  echo "$(cat "$dir/pid") $(listening_url "$dir/log")/mcp/http"
+}
+runs=()
+for side in A B; do
+  bin=$A
+  [[ $side == B ]] && bin=$B
+  for config in plain realistic; do
+    audit=false
+    [[ $config == realistic ]] && audit=true
+    read -r pid url < <(start "$side-$config" "$bin" "$TMP/$config.json" "$audit")
+    runs+=("$side-$config $pid $url")
+  done
+done
+
+for round in $(seq "${ROUNDS:-3}"); do
+  for config in plain realistic; do
+    for side in A B; do
+      for r in "${runs[@]}"; do
+        read -r name pid url <<<"$r"
+        [[ $name == "$side-$config" ]] || continue
+        read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+        out=$("$BIN/loadgen" --url "$url" --sessions "${SESSIONS:-64}" --duration "${DURATION:-3}" --warmup 0.5 --name "$name")
+        read -r u2 s2 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+        ticks=$(getconf CLK_TCK)
+        python3 - "$out" "$round" "$name" "$((u2 - u1))" "$((s2 - s1))" "$ticks" <<'PY'
+import json, sys
+d = json.loads(sys.argv[1]); c = max(d["calls"], 1); l = d["latency_us"]
+user, sys_, hz = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+print("round %s %-12s p50 %5d µs  p99 %5d µs  %7.0f calls/s  CPU/call user %5.1f + sys %5.1f µs" % (
+    sys.argv[2], sys.argv[3], l["p50"], l["p99"], d["throughput"], user * 1e6 / hz / c, sys_ * 1e6 / hz / c))
+PY
+      done
+    done
+  done
+done
