@@ -5,33 +5,16 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
 
-struct Checked {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn policy_check(args: &[&str], cwd: &Path) -> Checked {
-    let mut cmd = Command::new(toolgate_bin());
-    cmd.args(["policy", "check"])
-        .args(args)
-        .current_dir(cwd)
-        .env("NO_COLOR", "1");
-    let mut p = Spawned::start("toolgate policy check", cmd);
-    let status = p
-        .wait_for(Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("toolgate policy check {args:?} did not finish in 30 s"));
-    Checked {
-        code: status.code(),
-        stdout: p.stdout(),
-        stderr: p.stderr(),
-    }
+fn policy_check(args: &[&str], cwd: &Path) -> CliRun {
+    let args: Vec<&str> = ["policy", "check"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    toolgate_cli(&args, &[("NO_COLOR", "1")], cwd)
 }
 
 fn examples() -> PathBuf {
