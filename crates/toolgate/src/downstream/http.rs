@@ -155,6 +155,7 @@ async fn handle_post(
                 answer.accepts_sse,
                 trail,
                 answer.forwarded_at,
+                answer.summary,
             )
             .await
         }
@@ -175,11 +176,12 @@ async fn render_audited(
     accepts_sse: bool,
     trail: Trail,
     forwarded_at: Option<std::time::Instant>,
+    summary: Option<Option<jsonrpc::AnswerSummary>>,
 ) -> Response {
     match reply {
         Reply::Json { status, body } => {
             trail
-                .finish(&gw, status.as_u16(), Some(&body), forwarded_at)
+                .finish(&gw, status.as_u16(), Some(&body), summary, forwarded_at)
                 .await;
             (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
@@ -188,7 +190,9 @@ async fn render_audited(
             content_type,
             body,
         } => {
-            trail.finish(&gw, status.as_u16(), None, forwarded_at).await;
+            trail
+                .finish(&gw, status.as_u16(), None, None, forwarded_at)
+                .await;
             let mut response = (status, body).into_response();
             if let Some(ct) = content_type {
                 response.headers_mut().insert(header::CONTENT_TYPE, ct);
@@ -196,7 +200,7 @@ async fn render_audited(
             response
         }
         Reply::Accepted => {
-            trail.finish(&gw, 202, None, forwarded_at).await;
+            trail.finish(&gw, 202, None, None, forwarded_at).await;
             StatusCode::ACCEPTED.into_response()
         }
         Reply::Stream(events) => {
@@ -209,7 +213,7 @@ async fn render_audited(
                                 trail
                                     .take()
                                     .expect("checked")
-                                    .finish(&gw, 200, Some(&e.data), forwarded_at)
+                                    .finish(&gw, 200, Some(&e.data), None, forwarded_at)
                                     .await;
                             }
                             Some((e, (events, trail, gw)))
@@ -217,7 +221,7 @@ async fn render_audited(
                         None => {
                             // The stream ended without a response: still one record for the call.
                             if let Some(t) = trail.take() {
-                                t.finish(&gw, 502, None, forwarded_at).await;
+                                t.finish(&gw, 502, None, None, forwarded_at).await;
                             }
                             None
                         }

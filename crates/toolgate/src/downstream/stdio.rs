@@ -276,10 +276,12 @@ impl Local {
             trail
         });
         let forwarded_at = answer.forwarded_at;
+        let summary = answer.summary;
         match reply {
             Reply::Json { body, .. } => {
                 if let Some(t) = trail.take() {
-                    t.finish(&self.gw, 200, Some(&body), forwarded_at).await;
+                    t.finish(&self.gw, 200, Some(&body), summary, forwarded_at)
+                        .await;
                 }
                 self.send_out(body).await
             }
@@ -290,20 +292,20 @@ impl Local {
                             trail
                                 .take()
                                 .expect("checked")
-                                .finish(&self.gw, 200, Some(&e.data), forwarded_at)
+                                .finish(&self.gw, 200, Some(&e.data), None, forwarded_at)
                                 .await;
                         }
                         self.send_out(e.data).await;
                     }
                 }
                 if let Some(t) = trail.take() {
-                    t.finish(&self.gw, 502, None, forwarded_at).await;
+                    t.finish(&self.gw, 502, None, None, forwarded_at).await;
                 }
             }
             Reply::Accepted => {}
             Reply::Status { status, .. } => {
                 if let Some(t) = trail.take() {
-                    t.finish(&self.gw, status.as_u16(), None, forwarded_at)
+                    t.finish(&self.gw, status.as_u16(), None, None, forwarded_at)
                         .await;
                 }
                 if msg.kind == Kind::Request {

@@ -98,12 +98,14 @@ impl Trail {
     }
 
     /// The answer to a `tools/call` is ready: record what the upstream said (when it was
-    /// called) and write the record.
+    /// called) and write the record. `summary` is what an earlier step read in `response`,
+    /// when one did.
     pub async fn finish(
         mut self,
         gw: &Gateway,
         http_status: u16,
         response: Option<&[u8]>,
+        summary: Option<Option<AnswerSummary>>,
         forwarded_at: Option<Instant>,
     ) {
         self.record.http_status = http_status;
@@ -114,7 +116,7 @@ impl Trail {
             let took = at.elapsed();
             self.record.upstream_us = Some(took.as_micros() as u64);
             metrics.upstream.record(took.as_secs_f64());
-            let (status, failed) = upstream_status(http_status, response);
+            let (status, failed) = upstream_status(http_status, response, summary);
             self.record.upstream_status = Some(status);
             if failed {
                 self.record.outcome = Some(Outcome::UpstreamError);
@@ -134,11 +136,15 @@ impl Trail {
 }
 
 /// `ok`, `is_error`, `error <code>`, or `http <status>`; and whether the call failed upstream.
-fn upstream_status(http_status: u16, response: Option<&[u8]>) -> (String, bool) {
+fn upstream_status(
+    http_status: u16,
+    response: Option<&[u8]>,
+    summary: Option<Option<AnswerSummary>>,
+) -> (String, bool) {
     let Some(body) = response else {
         return (format!("http {http_status}"), true);
     };
-    match jsonrpc::summarize(body) {
+    match summary.unwrap_or_else(|| jsonrpc::summarize(body)) {
         Some(AnswerSummary::Error { code }) => (format!("error {}", code.unwrap_or(0)), true),
         Some(AnswerSummary::Result { is_error: true }) => ("is_error".into(), false),
         Some(AnswerSummary::Result { is_error: false }) | Some(AnswerSummary::Neither) => {

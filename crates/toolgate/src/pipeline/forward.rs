@@ -176,6 +176,7 @@ pub async fn forward(
         list_filter: None,
         decided,
         forwarded_at: None,
+        summary: None,
     };
     let (list_filter, call) = match verdict {
         Verdict::Answer(body, decided) => return Ok(now(body, Some(*decided))),
@@ -201,7 +202,7 @@ pub async fn forward(
         .servers
         .get(server)
         .expect("admit checked the grant's server exists");
-    let answer = |reply, new_session, forwarded_at| {
+    let answer = |(reply, summary), new_session, forwarded_at| {
         Ok(Answer {
             reply,
             new_session,
@@ -209,6 +210,7 @@ pub async fn forward(
             list_filter: list_filter.clone(),
             decided: decided.clone(),
             forwarded_at,
+            summary,
         })
     };
 
@@ -240,7 +242,7 @@ pub async fn forward(
                         .id
                         .clone()
                 });
-                answer(reply, new, None)
+                answer((reply, None), new, None)
             }
             Upstream::Http(server) => {
                 let (reply, upstream_id) = server.post(None, &out).await;
@@ -260,7 +262,7 @@ pub async fn forward(
                         .id
                         .clone()
                 });
-                answer(reply, new, None)
+                answer((reply, None), new, None)
             }
         };
     }

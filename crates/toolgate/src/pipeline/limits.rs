@@ -89,21 +89,23 @@ pub async fn reserve(
 /// Watches the upstream's answer and gives the counters back if the call failed there. The
 /// counters are given back before the agent has the answer, so a retry that follows a failure
 /// at once finds its quota there. (Redis can take up to about 1.5 s when it is failing: its
-/// connect and response timeouts and one retry.)
+/// connect and response timeouts and one retry.) With the reply goes what was read in a JSON
+/// body, when it was read, for the audit record.
 pub async fn settle(
     counters: &Arc<Counters>,
     reservation: Option<Reservation>,
     reply: Reply,
-) -> Reply {
+) -> (Reply, Option<Option<AnswerSummary>>) {
     let Some(reservation) = reservation else {
-        return reply;
+        return (reply, None);
     };
-    match reply {
+    let reply = match reply {
         Reply::Json { status, body } => {
-            if failed(&body) {
+            let summary = crate::jsonrpc::summarize(&body);
+            if failed(summary) {
                 release(counters, reservation).await;
             }
-            Reply::Json { status, body }
+            return (Reply::Json { status, body }, Some(summary));
         }
         // No JSON-RPC answer at all (an HTTP error from the upstream): the call did not happen.
         Reply::Status { .. } => {
@@ -121,7 +123,7 @@ pub async fn settle(
                         let answered = pending.is_some() && crate::jsonrpc::is_response(&e.data);
                         let give_back = pending
                             .take_if(|_| answered)
-                            .filter(|_| failed(&e.data))
+                            .filter(|_| failed(crate::jsonrpc::summarize(&e.data)))
                             .map(|r| (counters.clone(), r));
                         async move {
                             if let Some((counters, r)) = give_back {
@@ -134,7 +136,8 @@ pub async fn settle(
             )
         }
         Reply::Accepted => reply,
-    }
+    };
+    (reply, None)
 }
 
 /// Gives a reservation back, in a task of its own that is awaited: the agent may go away (and
@@ -146,9 +149,9 @@ pub async fn release(counters: &Arc<Counters>, reservation: Reservation) {
 
 /// Whether the call failed upstream, so that it did not happen: a JSON-RPC error, except a
 /// timeout (the upstream got the call and may still carry it out, so it keeps its count).
-fn failed(body: &[u8]) -> bool {
+fn failed(summary: Option<AnswerSummary>) -> bool {
     matches!(
-        crate::jsonrpc::summarize(body),
+        summary,
         Some(AnswerSummary::Error { code }) if code != Some(crate::jsonrpc::REQUEST_TIMEOUT)
     )
 }

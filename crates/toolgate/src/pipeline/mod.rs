@@ -76,6 +76,9 @@ pub struct Answer {
     pub decided: Option<Decided>,
     /// When the message went upstream (for the upstream latency).
     pub forwarded_at: Option<std::time::Instant>,
+    /// What the counters step read in a JSON reply's body (`jsonrpc::summarize`), when it read
+    /// it: the audit record needs the same, and need not read the body again.
+    pub summary: Option<Option<crate::jsonrpc::AnswerSummary>>,
 }
 
 /// Step 1: the door. Host and Origin first (a rebinding page learns nothing, not even 401),
