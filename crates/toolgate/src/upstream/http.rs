@@ -406,6 +406,18 @@ fn upstream_uri(mut url: reqwest::Url, headers: &mut http::HeaderMap) -> http::U
         let _ = url.set_password(None);
     }
     url.set_fragment(None);
+    // The Host header, built once: hyper-util would format it from the URI on every request.
+    // (Over HTTP/2 it goes along with `:authority`, which RFC 9113 section 8.3.1 allows when
+    // they agree, as they do here.) `Url::port` is None for the scheme's default port.
+    if let Some(host) = url.host_str() {
+        let host = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        if let Ok(value) = HeaderValue::from_str(&host) {
+            headers.entry(header::HOST).or_insert(value);
+        }
+    }
     url.as_str()
         .parse()
         .expect("an http(s) URL that url::Url accepted is a valid http::Uri")
@@ -514,10 +526,32 @@ mod tests {
     }
 
     #[test]
-    fn a_url_without_credentials_adds_no_header() {
+    fn a_url_without_credentials_adds_only_the_host() {
         let mut headers = http::HeaderMap::new();
         let uri = upstream_uri("http://127.0.0.1:9/mcp".parse().unwrap(), &mut headers);
         assert_eq!(uri.to_string(), "http://127.0.0.1:9/mcp");
-        assert!(headers.is_empty());
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers[header::HOST], "127.0.0.1:9");
+    }
+
+    #[test]
+    fn the_host_header_is_the_urls_host_and_any_port_that_is_not_the_default() {
+        for (url, host) in [
+            ("https://mcp.example/mcp", "mcp.example"),
+            ("https://mcp.example:443/mcp", "mcp.example"),
+            ("http://MCP.Example:80/mcp", "mcp.example"),
+            ("https://mcp.example:8443/mcp", "mcp.example:8443"),
+            ("http://[::1]:8080/mcp", "[::1]:8080"),
+            ("https://bücher.example/mcp", "xn--bcher-kva.example"),
+        ] {
+            let mut headers = http::HeaderMap::new();
+            upstream_uri(url.parse().unwrap(), &mut headers);
+            assert_eq!(headers[header::HOST], host, "{url}");
+        }
+        // A Host the operator configured for the server stays.
+        let mut headers = http::HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("tools.internal"));
+        upstream_uri("http://127.0.0.1:9/mcp".parse().unwrap(), &mut headers);
+        assert_eq!(headers[header::HOST], "tools.internal");
     }
 }
