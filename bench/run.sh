@@ -6,23 +6,32 @@
 # HTTP and over stdio. Then memory: the idle gateway's RSS, and with 1,000 and 10,000 idle
 # sessions. Prints Markdown and writes JSON (bench/results.json).
 #
+# Every measurement runs ROUNDS times (3 by default), the rounds one after another, each round
+# running every configuration in turn, so that each gateway run sits next to the direct run it
+# is compared with. The table gives, per row, the median over the rounds of each round's ratio
+# (and added latency), with the lowest and highest ratio: on this machine one run's direct
+# throughput can move by a third between neighbouring runs.
+#
 # Floors are measured beside toolgate, over HTTP: `bare-proxy`, a pass-through on the same
 # HTTP stack as toolgate that does nothing else, and nginx when it is installed (a tuned C
 # proxy; `apt-get install nginx-light`). They split "what toolgate adds" into what any proxy
 # adds on this machine's loopback and what toolgate's own work adds.
 #
-#   bash bench/run.sh            # 5 s per run (about 3 minutes)
-#   bash bench/run.sh --smoke    # a few hundred ms per run: checks the instruments still work
+#   bash bench/run.sh            # 3 rounds of 3 s per run (about 6 minutes)
+#   ROUNDS=5 DURATION=5 bash bench/run.sh
+#   bash bench/run.sh --smoke    # one round of a few hundred ms per run: checks the instruments
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=5
+DURATION=${DURATION:-3}
+ROUNDS=${ROUNDS:-3}
 WARMUP=1
 SESSIONS=(1 16 64)
 HOLD=(1000 10000)
 OUT=bench/results.json
 if [[ ${1:-} == --smoke ]]; then
   DURATION=0.3
+  ROUNDS=1
   WARMUP=0.2
   SESSIONS=(1 4)
   HOLD=(50)
@@ -104,14 +113,15 @@ read -r REAL_PID REAL_PORT < <(start_gateway_info realistic "$TMP/realistic.json
 
 RESULTS=$TMP/results.jsonl
 : >"$RESULTS"
-load() { # label transport sessions target pid
-  local args=(--sessions "$3" --duration "$DURATION" --warmup "$WARMUP" --name "$1/$2/$3")
+load() { # label transport sessions target pid (and $round)
+  local args=(--sessions "$3" --duration "$DURATION" --warmup "$WARMUP" --name "$1/$2/$3/$round")
   # Only the direct stdio runs speak stdio (to a child of loadgen); the gateway is HTTP.
   if [[ $1 == direct && $2 == stdio ]]; then args+=(--stdio "$4"); else args+=(--url "$4"); fi
   [[ -n ${5:-} ]] && args+=(--pid "$5")
   "$BIN/loadgen" "${args[@]}" | tee -a "$RESULTS" >/dev/null
 }
 
+for round in $(seq "$ROUNDS"); do
 for n in "${SESSIONS[@]}"; do
   load direct http "$n" "$UP"
   load bare http "$n" "$BARE" "$BARE_PID"
@@ -122,6 +132,7 @@ for n in "${SESSIONS[@]}"; do
   load direct stdio "$n" "$PWD/$BIN/fast-upstream --stdio"
   load plain stdio "$n" "http://127.0.0.1:$PLAIN_PORT/mcp/stdio" "$PLAIN_PID"
   load realistic stdio "$n" "http://127.0.0.1:$REAL_PORT/mcp/stdio" "$REAL_PID"
+done
 done
 
 # Memory: a fresh gateway, idle, then holding idle sessions (HTTP upstream).
@@ -138,27 +149,65 @@ import json, sys
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 mem = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
 idle_kib = int(sys.argv[3])
-by = {r["name"]: r for r in runs}
-out = {"runs": runs, "memory": {"idle_rss_kib": idle_kib, "holds": mem}}
+# name = label/transport/sessions/round
+rounds = {}
+for r in runs:
+    label, transport, n, k = r["name"].split("/")
+    rounds.setdefault((label, transport, int(n)), {})[int(k)] = r
+
+def median(xs):
+    xs = sorted(xs)
+    m = len(xs) // 2
+    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
+
+def compare(label, transport, n):
+    """Per-round comparisons of label against direct, reduced to medians; None if missing."""
+    d, g = rounds.get(("direct", transport, n)), rounds.get((label, transport, n))
+    if not d or not g:
+        return None
+    ks = sorted(set(d) & set(g))
+    ratios = [g[k]["throughput"] / max(d[k]["throughput"], 1e-9) for k in ks]
+    added = {q: median([g[k]["latency_us"][q] - d[k]["latency_us"][q] for k in ks]) for q in ("p50", "p99", "p999")}
+    cpu = [g[k]["cpu_us_per_call"] for k in ks if g[k].get("cpu_us_per_call") is not None]
+    return {
+        "rounds": len(ks),
+        "direct_calls_per_s": median([d[k]["throughput"] for k in ks]),
+        "calls_per_s": median([g[k]["throughput"] for k in ks]),
+        "ratio": median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+        "added_us": added,
+        "cpu_us_per_call": median(cpu) if cpu else None,
+        "errors": {e: c for k in ks for e, c in {**d[k]["errors"], **g[k]["errors"]}.items()},
+    }
+
+summary = {f"{label}/{transport}/{n}": c
+           for (label, transport, n) in sorted(rounds) if label != "direct"
+           for c in [compare(label, transport, n)] if c}
+out = {"rounds": max((int(r["name"].split("/")[3]) for r in runs), default=0),
+       "summary": summary, "runs": runs, "memory": {"idle_rss_kib": idle_kib, "holds": mem}}
 json.dump(out, open(sys.argv[4], "w"), indent=1)
 
 def fmt(x, d=0):
     return "-" if x is None else f"{x:,.{d}f}"
 
+def ratio(c):
+    if c["rounds"] == 1:
+        return f'{c["ratio"]:.2f}×'
+    return f'{c["ratio"]:.2f}×, {c["ratio_min"]:.2f}–{c["ratio_max"]:.2f}'
+
+print(f"\n{out['rounds']} round(s); each cell is the median over the rounds, ratios with their lowest and highest.")
 for transport in ("http", "stdio"):
     print(f"\n### {transport} upstream\n")
     print("| sessions | direct calls/s | gateway calls/s (ratio) | realistic calls/s (ratio) | added p50 µs (gw / realistic) | added p99 µs | added p99.9 µs | gateway CPU µs/call (gw / realistic) | errors |")
     print("|---|---|---|---|---|---|---|---|---|")
-    sessions = sorted({r["sessions"] for r in runs})
-    for n in sessions:
-        d, p, r = (by.get(f"{k}/{transport}/{n}") for k in ("direct", "plain", "realistic"))
-        if not (d and p and r):
+    for n in sorted({k[2] for k in rounds}):
+        p, r = compare("plain", transport, n), compare("realistic", transport, n)
+        if not (p and r):
             continue
         def added(q):
-            return f'{p["latency_us"][q] - d["latency_us"][q]:+,} / {r["latency_us"][q] - d["latency_us"][q]:+,}'
-        errs = {**d["errors"], **p["errors"], **r["errors"]}
-        print(f'| {n} | {fmt(d["throughput"])} | {fmt(p["throughput"])} ({p["throughput"]/max(d["throughput"],1e-9):.2f}×) '
-              f'| {fmt(r["throughput"])} ({r["throughput"]/max(d["throughput"],1e-9):.2f}×) | {added("p50")} | {added("p99")} | {added("p999")} '
+            return f'{p["added_us"][q]:+,.0f} / {r["added_us"][q]:+,.0f}'
+        errs = {**p["errors"], **r["errors"]}
+        print(f'| {n} | {fmt(p["direct_calls_per_s"])} | {fmt(p["calls_per_s"])} ({ratio(p)}) '
+              f'| {fmt(r["calls_per_s"])} ({ratio(r)}) | {added("p50")} | {added("p99")} | {added("p999")} '
               f'| {fmt(p["cpu_us_per_call"],1)} / {fmt(r["cpu_us_per_call"],1)} | {errs or "none"} |')
 print("\n### floors: other proxies in the same run (HTTP upstream)\n")
 print("| sessions | proxy | calls/s (ratio) | added p50 µs | added p99 µs | CPU µs/call |")
@@ -166,17 +215,14 @@ print("|---|---|---|---|---|---|")
 proxies = (("bare", "bare-proxy (tokio's work-stealing runtime)"),
            ("bare1", "bare-proxy --current-thread (one single-threaded runtime)"),
            ("nginx", "nginx"), ("plain", "toolgate, allow-all"))
-for n in sorted({r["sessions"] for r in runs}):
-    d = by.get(f"direct/http/{n}")
-    if not d:
-        continue
+for n in sorted({k[2] for k in rounds}):
     for key, label in proxies:
-        r = by.get(f"{key}/http/{n}")
-        if r is None:
+        c = compare(key, "http", n)
+        if c is None:
             continue
-        print(f'| {n} | {label} | {fmt(r["throughput"])} ({r["throughput"]/max(d["throughput"],1e-9):.2f}×) '
-              f'| {r["latency_us"]["p50"] - d["latency_us"]["p50"]:+,} | {r["latency_us"]["p99"] - d["latency_us"]["p99"]:+,} '
-              f'| {fmt(r["cpu_us_per_call"], 1)} |')
+        print(f'| {n} | {label} | {fmt(c["calls_per_s"])} ({ratio(c)}) '
+              f'| {c["added_us"]["p50"]:+,.0f} | {c["added_us"]["p99"]:+,.0f} '
+              f'| {fmt(c["cpu_us_per_call"], 1)} |')
 print("\n### memory (HTTP upstream, idle sessions)\n")
 print(f"| state | gateway RSS | per session |")
 print("|---|---|---|")
