@@ -6,12 +6,12 @@
 //! order, so `tail --follow` can resume from the last number it saw. Segments roll at a size
 //! and are deleted by age and by total size (retention).
 //!
-//! On a single-threaded runtime (the gateway's serving threads) the records of one round of
-//! that thread's ready calls travel together: the first record of a round spawns a hand-over
-//! task, which runs after the calls already queued on that thread, takes every record they
-//! added meanwhile, sends them as one job and, on the writer's one acknowledgement, wakes
-//! their calls locally. One cross-thread wake each way per round instead of per call: at 64
-//! sessions that was most of what the audit cost.
+//! The records of the calls a thread has ready at the same moment travel together: the first
+//! record of a round spawns a hand-over task, which runs after the calls already queued on
+//! the runtime, takes every record the thread's calls added meanwhile, sends them as one job
+//! and, on the writer's one acknowledgement, wakes their calls. On the gateway's
+//! single-threaded runtimes that is one cross-thread wake each way per round instead of per
+//! call: at 64 sessions that was most of what the audit cost.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -55,7 +55,7 @@ struct Job {
 }
 
 pub struct Audit {
-    /// Tells this journal's records apart in a thread's `ROUNDS` (tests open several).
+    /// Tells this journal's rounds apart in a thread's `ROUNDS` (tests open several).
     id: u64,
     tx: Option<mpsc::Sender<Job>>,
     depth: Arc<AtomicUsize>,
@@ -158,35 +158,33 @@ impl Audit {
         let Some(tx) = &self.tx else { return };
         let (ack, done) = oneshot::channel();
         self.depth.fetch_add(1, Ordering::Relaxed);
-        // A round's calls share a hand-over only where they all run on this thread, as they do
-        // on a single-threaded runtime; elsewhere (the multi-threaded runtime of local mode)
-        // the hand-over task could run on another thread and miss them.
-        let one_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
-        if one_thread {
-            let first = ROUNDS.with_borrow_mut(|rounds| {
-                let round = match rounds.iter().position(|r| r.audit == self.id) {
-                    Some(at) => &mut rounds[at],
-                    None => {
-                        rounds.push(Round::new(self.id));
-                        rounds.last_mut().expect("just pushed")
-                    }
-                };
-                round.records.push(record);
-                round.waiters.push(ack);
-                round.records.len() == 1
-            });
-            if first {
-                let handover = HandOver {
-                    audit: self.id,
-                    tx: tx.clone(),
-                    depth: self.depth.clone(),
-                    ran: false,
-                };
-                tokio::spawn(async move { handover.run().await });
+        let (round, first) = ROUNDS.with_borrow_mut(|rounds| {
+            let round = match rounds.iter().find(|(audit, _)| *audit == self.id) {
+                Some((_, round)) => round,
+                None => {
+                    rounds.push((self.id, Arc::default()));
+                    &rounds.last().expect("just pushed").1
+                }
+            };
+            let mut pending = round.lock().unwrap_or_else(|p| p.into_inner());
+            pending.records.push(record);
+            pending.waiters.push(ack);
+            let first = pending.records.len() == 1;
+            drop(pending);
+            (first.then(|| round.clone()), first)
+        });
+        if first {
+            let handover = HandOver {
+                round: round.expect("taken when first"),
+                tx: tx.clone(),
+                depth: self.depth.clone(),
+                ran: false,
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(async move { handover.run().await })),
+                // Not on a tokio runtime (nothing here is): this call hands over itself.
+                Err(_) => handover.run().await,
             }
-        } else {
-            send(tx, &self.depth, vec![record], ack);
         }
         let _ = done.await;
     }
@@ -236,47 +234,34 @@ fn send(
     }
 }
 
-/// The records this thread's calls have added since its last hand-over, per journal.
+/// The records this thread's calls have added since its last hand-over (for one journal), and
+/// the calls waiting for them. Behind a mutex only so that the hand-over task, which may run on
+/// another thread of a multi-threaded runtime, takes exactly the round it was spawned for; on
+/// the gateway's single-threaded runtimes it is never contended.
+#[derive(Default)]
 struct Round {
-    audit: u64,
     records: Vec<AuditRecord>,
     waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl Round {
-    fn new(audit: u64) -> Round {
-        Round {
-            audit,
-            records: Vec::new(),
-            waiters: Vec::new(),
-        }
+    /// Takes the round, leaving it empty: the next record starts a new one.
+    fn take(round: &std::sync::Mutex<Round>) -> Round {
+        std::mem::take(&mut *round.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
 thread_local! {
-    static ROUNDS: std::cell::RefCell<Vec<Round>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// This thread's round per journal (by `Audit::id`).
+    static ROUNDS: std::cell::RefCell<Vec<(u64, Arc<std::sync::Mutex<Round>>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Takes this thread's round for `audit`, leaving it empty (so the next record starts a new
-/// round and spawns its own hand-over).
-fn take_round(audit: u64) -> (Vec<AuditRecord>, Vec<oneshot::Sender<()>>) {
-    ROUNDS
-        .try_with(|rounds| {
-            let mut rounds = rounds.borrow_mut();
-            match rounds.iter_mut().find(|r| r.audit == audit) {
-                Some(round) => (
-                    std::mem::take(&mut round.records),
-                    std::mem::take(&mut round.waiters),
-                ),
-                None => Default::default(),
-            }
-        })
-        .unwrap_or_default()
-}
-
-/// The task that sends one round of records to the writer and answers its calls.
+/// The task that sends one round of records to the writer and answers its calls. Spawned by
+/// the round's first record, it runs after the calls already queued on the runtime, which
+/// may add theirs meanwhile.
 struct HandOver {
-    audit: u64,
+    round: Arc<std::sync::Mutex<Round>>,
     tx: mpsc::Sender<Job>,
     depth: Arc<AtomicUsize>,
     ran: bool,
@@ -285,12 +270,12 @@ struct HandOver {
 impl HandOver {
     async fn run(mut self) {
         self.ran = true;
-        let (records, waiters) = take_round(self.audit);
+        let round = Round::take(&self.round);
         let (ack, done) = oneshot::channel();
-        send(&self.tx, &self.depth, records, ack);
+        send(&self.tx, &self.depth, round.records, ack);
         // Dropped unanswered (the writer stopped), the waiters go on as they would have.
         if done.await.is_ok() {
-            for waiter in waiters {
+            for waiter in round.waiters {
                 let _ = waiter.send(());
             }
         }
@@ -303,9 +288,9 @@ impl Drop for HandOver {
     /// but they may have reached the upstream).
     fn drop(&mut self) {
         if !self.ran {
-            let (records, _waiters) = take_round(self.audit);
-            if !records.is_empty() {
-                send(&self.tx, &self.depth, records, oneshot::channel().0);
+            let round = Round::take(&self.round);
+            if !round.records.is_empty() {
+                send(&self.tx, &self.depth, round.records, oneshot::channel().0);
             }
         }
     }
@@ -434,8 +419,14 @@ impl Writer {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             };
             busy = idle_from.elapsed() < LINGER;
+            let mut records = first.records.len();
             let mut batch = vec![first];
-            batch.extend(rx.try_iter().take(MAX_BATCH));
+            while records < MAX_BATCH
+                && let Ok(job) = rx.try_recv()
+            {
+                records += job.records.len();
+                batch.push(job);
+            }
             buf.clear();
             let mut count = 0;
             for record in batch.iter_mut().flat_map(|job| &mut job.records) {
@@ -676,7 +667,8 @@ mod tests {
         }
     }
 
-    /// On a multi-threaded runtime (local mode) each record goes to the writer on its own.
+    /// On a multi-threaded runtime (local mode) a hand-over may run on another thread than the
+    /// calls whose round it takes: it still takes exactly that round.
     #[test]
     fn records_from_a_multi_threaded_runtime_are_all_written() {
         let dir = tempfile::tempdir().unwrap();
@@ -698,6 +690,36 @@ mod tests {
         let all = Audit::read(dir.path(), &Query::default()).unwrap();
         assert_eq!(all.len(), 200);
         assert_eq!(audit.queue_depth(), 0);
+    }
+
+    /// A write from a thread that does not drive the runtime (`Handle::block_on` on a blocking
+    /// thread): the hand-over runs on the runtime's own thread and still takes that round.
+    #[test]
+    fn a_write_from_a_thread_that_does_not_drive_the_runtime_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let audit = Arc::new(Audit::open(options(dir.path())).unwrap());
+        rt.block_on(async {
+            let handle = tokio::runtime::Handle::current();
+            let (a, b) = (audit.clone(), audit.clone());
+            tokio::task::spawn_blocking(move || handle.block_on(a.write(rec("blocking"))))
+                .await
+                .unwrap();
+            // And the thread's round was emptied: a second write is handed over too.
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || handle.block_on(b.write(rec("again"))))
+                .await
+                .unwrap();
+        });
+        let tools: Vec<Option<String>> = Audit::read(dir.path(), &Query::default())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.tool)
+            .collect();
+        assert_eq!(tools, [Some("blocking".into()), Some("again".into())]);
     }
 
     /// A runtime that stops drops its queued tasks unpolled, the hand-over of the last round
