@@ -406,10 +406,14 @@ fn upstream_uri(mut url: reqwest::Url, headers: &mut http::HeaderMap) -> http::U
         let _ = url.set_password(None);
     }
     url.set_fragment(None);
-    // The Host header, built once: hyper-util would format it from the URI on every request.
-    // (Over HTTP/2 it goes along with `:authority`, which RFC 9113 section 8.3.1 allows when
-    // they agree, as they do here.) `Url::port` is None for the scheme's default port.
-    if let Some(host) = url.host_str() {
+    // The Host header of a plain-HTTP server, built once: hyper-util would format it from the
+    // URI on every request. Only for `http://`, which is always HTTP/1 here: an `https://`
+    // server may choose HTTP/2, where hyper-util sends `:authority` alone and some servers
+    // (Google front ends, nginx) refuse a request that also carries Host. `Url::port` is None
+    // for the scheme's default port.
+    if url.scheme() == "http"
+        && let Some(host) = url.host_str()
+    {
         let host = match url.port() {
             Some(port) => format!("{host}:{port}"),
             None => host.to_string(),
@@ -535,19 +539,22 @@ mod tests {
     }
 
     #[test]
-    fn the_host_header_is_the_urls_host_and_any_port_that_is_not_the_default() {
+    fn a_plain_http_servers_host_header_is_its_host_and_any_port_that_is_not_the_default() {
         for (url, host) in [
-            ("https://mcp.example/mcp", "mcp.example"),
-            ("https://mcp.example:443/mcp", "mcp.example"),
+            ("http://mcp.example/mcp", "mcp.example"),
             ("http://MCP.Example:80/mcp", "mcp.example"),
-            ("https://mcp.example:8443/mcp", "mcp.example:8443"),
+            ("http://mcp.example:8443/mcp", "mcp.example:8443"),
             ("http://[::1]:8080/mcp", "[::1]:8080"),
-            ("https://bücher.example/mcp", "xn--bcher-kva.example"),
+            ("http://bücher.example/mcp", "xn--bcher-kva.example"),
         ] {
             let mut headers = http::HeaderMap::new();
             upstream_uri(url.parse().unwrap(), &mut headers);
             assert_eq!(headers[header::HOST], host, "{url}");
         }
+        // An https server may speak HTTP/2: hyper-util's own handling (Host on HTTP/1 only).
+        let mut headers = http::HeaderMap::new();
+        upstream_uri("https://mcp.example/mcp".parse().unwrap(), &mut headers);
+        assert!(headers.get(header::HOST).is_none());
         // A Host the operator configured for the server stays.
         let mut headers = http::HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("tools.internal"));
