@@ -176,8 +176,17 @@ def compare(label, transport, n):
         "ratio": median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
         "added_us": added,
         "cpu_us_per_call": median(cpu) if cpu else None,
-        "errors": {e: c for k in ks for e, c in {**d[k]["errors"], **g[k]["errors"]}.items()},
+        "errors": errors_of((label,), transport, n),
     }
+
+def errors_of(labels, transport, n):
+    """Error counts by kind, added up over the rounds of these labels' runs."""
+    total = {}
+    for label in labels:
+        for run in rounds.get((label, transport, n), {}).values():
+            for kind, count in run["errors"].items():
+                total[kind] = total.get(kind, 0) + count
+    return total
 
 summary = {f"{label}/{transport}/{n}": c
            for (label, transport, n) in sorted(rounds) if label != "direct"
@@ -205,7 +214,7 @@ for transport in ("http", "stdio"):
             continue
         def added(q):
             return f'{p["added_us"][q]:+,.0f} / {r["added_us"][q]:+,.0f}'
-        errs = {**p["errors"], **r["errors"]}
+        errs = errors_of(("direct", "plain", "realistic"), transport, n)
         print(f'| {n} | {fmt(p["direct_calls_per_s"])} | {fmt(p["calls_per_s"])} ({ratio(p)}) '
               f'| {fmt(r["calls_per_s"])} ({ratio(r)}) | {added("p50")} | {added("p99")} | {added("p999")} '
               f'| {fmt(p["cpu_us_per_call"],1)} / {fmt(r["cpu_us_per_call"],1)} | {errs or "none"} |')
