@@ -557,6 +557,14 @@ mod tests {
         }
     }
 
+    /// A runtime like each of the gateway's serving threads runs.
+    fn single_threaded() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     fn rec(tool: &str) -> AuditRecord {
         AuditRecord {
             time: "2026-11-26T00:00:00.000Z".into(),
@@ -569,10 +577,7 @@ mod tests {
     #[test]
     fn written_before_acknowledged_numbered_and_continued_after_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = single_threaded();
         {
             let audit = Audit::open(options(dir.path())).unwrap();
             rt.block_on(async {
@@ -626,10 +631,7 @@ mod tests {
     #[test]
     fn records_handed_over_by_rounds_are_each_written_before_their_call_goes_on() {
         let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = single_threaded();
         let audit = Arc::new(Audit::open(options(dir.path())).unwrap());
         let path = dir.path().to_path_buf();
         rt.block_on(async {
@@ -697,10 +699,7 @@ mod tests {
     #[test]
     fn a_write_from_a_thread_that_does_not_drive_the_runtime_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = single_threaded();
         let audit = Arc::new(Audit::open(options(dir.path())).unwrap());
         rt.block_on(async {
             let handle = tokio::runtime::Handle::current();
@@ -728,10 +727,7 @@ mod tests {
     fn a_round_whose_runtime_stops_before_its_hand_over_is_still_written() {
         let dir = tempfile::tempdir().unwrap();
         let audit = Audit::open(options(dir.path())).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = single_threaded();
         rt.block_on(async {
             // Polled once: the record joins this thread's round and the hand-over is spawned,
             // but block_on returns before the runtime runs it.
@@ -755,10 +751,7 @@ mod tests {
     #[test]
     fn segments_roll_at_their_size_and_retention_keeps_the_total_under_its_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = single_threaded();
         let audit = Audit::open(Options {
             segment_bytes: 2_000,
             max_bytes: 8_000,
@@ -801,10 +794,7 @@ mod tests {
         assert_eq!(Audit::read(dir.path(), &Query::default()).unwrap().len(), 1);
         // A writer opened after the crash ends the torn line and appends cleanly.
         let audit = Audit::open(options(dir.path())).unwrap();
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(audit.write(rec("next")));
+        single_threaded().block_on(audit.write(rec("next")));
         let all = Audit::read(dir.path(), &Query::default()).unwrap();
         assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
         let off = Audit::open(Options {
@@ -812,10 +802,7 @@ mod tests {
             ..options(&dir.path().join("off"))
         })
         .unwrap();
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(off.write(rec("x")));
+        single_threaded().block_on(off.write(rec("x")));
         assert!(!dir.path().join("off").exists());
     }
 }
