@@ -48,11 +48,17 @@ pub struct Options {
     pub segment_bytes: u64,
 }
 
-/// Records for the writer, acknowledged together once written.
+/// Records for the writer, acknowledged together once written. The acknowledgement carries
+/// the records back, so that they are freed on the thread that allocated them: freed by the
+/// writer, they cost jemalloc a flush of its per-thread caches to their arena, and the
+/// serving thread a refill (about 5,000 instructions per call at 64 sessions, callgrind).
 struct Job {
     records: Vec<AuditRecord>,
-    ack: oneshot::Sender<()>,
+    ack: oneshot::Sender<Written>,
 }
+
+/// The records of a job, once written.
+type Written = Vec<AuditRecord>;
 
 pub struct Audit {
     /// Tells this journal's rounds apart in a thread's `ROUNDS` (tests open several).
@@ -225,7 +231,7 @@ fn send(
     tx: &mpsc::Sender<Job>,
     depth: &AtomicUsize,
     records: Vec<AuditRecord>,
-    ack: oneshot::Sender<()>,
+    ack: oneshot::Sender<Written>,
 ) {
     let count = records.len();
     if tx.send(Job { records, ack }).is_err() {
@@ -274,10 +280,11 @@ impl HandOver {
         let (ack, done) = oneshot::channel();
         send(&self.tx, &self.depth, round.records, ack);
         // Dropped unanswered (the writer stopped), the waiters go on as they would have.
-        if done.await.is_ok() {
+        if let Ok(written) = done.await {
             for waiter in round.waiters {
                 let _ = waiter.send(());
             }
+            drop(written);
         }
     }
 }
@@ -443,7 +450,7 @@ impl Writer {
             self.sync.dirty.store(true, Ordering::Release);
             depth.fetch_sub(count, Ordering::Relaxed);
             for job in batch {
-                let _ = job.ack.send(());
+                let _ = job.ack.send(job.records);
             }
             self.housekeeping();
         }
