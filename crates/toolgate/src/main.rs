@@ -479,20 +479,79 @@ async fn serve(cfg: Config, json_logs: bool) -> Result<(), String> {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TOOLGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::prelude::*;
     // Colours only on a terminal, and not there either under NO_COLOR: a log file or collector
     // gets plain text (and each request's span is formatted without escape codes, which is
     // cheaper too).
     use std::io::IsTerminal;
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(colour)
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(fmt);
+    match log_filter(std::env::var("TOOLGATE_LOG").ok()) {
+        LogFilter::Targets(targets) => registry.with(*targets).init(),
+        LogFilter::Env(filter) => registry.with(*filter).init(),
+    }
+}
+
+enum LogFilter {
+    // Boxed: both are large, and built once.
+    Targets(Box<tracing_subscriber::filter::Targets>),
+    Env(Box<tracing_subscriber::EnvFilter>),
+}
+
+/// `TOOLGATE_LOG` (info when unset or empty, and when it does not parse). `target=level`
+/// directives (all that the README shows) go to `Targets`, a fixed table; only directives
+/// that filter on spans or fields need `EnvFilter`, which keeps a map of live spans behind a
+/// lock it takes each time a span is entered or left: on every request, several times (each
+/// request runs in a span).
+fn log_filter(spec: Option<String>) -> LogFilter {
+    let spec = spec
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "info".into());
+    // `Targets` would read `toolgate[request]=debug` as a target named so: span and field
+    // directives are told apart by their brackets.
+    let plain = !spec.contains(['[', ']', '{', '}']);
+    match spec.parse().ok().filter(|_| plain) {
+        Some(targets) => LogFilter::Targets(Box::new(targets)),
+        None => LogFilter::Env(Box::new(
+            tracing_subscriber::EnvFilter::try_new(&spec)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn target_directives_take_the_lock_free_filter_and_span_directives_the_full_one() {
+        let targets = |spec: Option<&str>| match log_filter(spec.map(str::to_string)) {
+            LogFilter::Targets(t) => Some(*t),
+            LogFilter::Env(_) => None,
+        };
+        let t = targets(Some("warn,toolgate=info,toolgate::upstream=warn")).unwrap();
+        assert!(t.would_enable("toolgate::downstream::http", &Level::INFO));
+        assert!(!t.would_enable("toolgate::upstream::http", &Level::INFO));
+        assert!(t.would_enable("toolgate::upstream::http", &Level::WARN));
+        assert!(!t.would_enable("hyper", &Level::INFO));
+        for unset in [None, Some(""), Some("  ")] {
+            let t = targets(unset).unwrap();
+            assert!(t.would_enable("toolgate", &Level::INFO), "{unset:?}");
+            assert!(!t.would_enable("toolgate", &Level::DEBUG), "{unset:?}");
+        }
+        // A span or field directive needs EnvFilter; so does text neither parses (which
+        // falls back to info, as before).
+        assert!(targets(Some("warn,toolgate[request]=debug")).is_none());
+        assert!(targets(Some("toolgate[request{server=fs}]=trace")).is_none());
+        assert!(targets(Some("toolgate=loud")).is_none());
     }
 }
