@@ -515,14 +515,23 @@ fn log_filter(spec: Option<String>) -> LogFilter {
     let spec = spec
         .filter(|s| !s.trim().is_empty())
         .unwrap_or_else(|| "info".into());
-    // `Targets` would read `toolgate[request]=debug` as a target named so: span and field
-    // directives are told apart by their brackets.
-    let plain = !spec.contains(['[', ']', '{', '}']);
+    // `Targets` reads more than `EnvFilter` does, differently: `toolgate[request]=debug` as a
+    // target named so, `warn, toolgate=debug` with a target " toolgate", an empty part as
+    // "error". Only text made of clean `target=level`, `target` and `level` parts goes to it;
+    // the rest is read by `EnvFilter`, as it always was.
+    let plain = spec.split(',').all(|part| {
+        let (target, level) = part.split_once('=').unwrap_or((part, "any"));
+        !target.is_empty()
+            && !level.is_empty()
+            && !part.contains(|c: char| c.is_whitespace() || "[]{}*".contains(c))
+    });
     match spec.parse().ok().filter(|_| plain) {
         Some(targets) => LogFilter::Targets(Box::new(targets)),
         None => LogFilter::Env(Box::new(
-            tracing_subscriber::EnvFilter::try_new(&spec)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+                eprintln!("TOOLGATE_LOG={spec:?} is not a log filter ({e}); logging at info");
+                tracing_subscriber::EnvFilter::new("info")
+            }),
         )),
     }
 }
@@ -548,10 +557,28 @@ mod tests {
             assert!(t.would_enable("toolgate", &Level::INFO), "{unset:?}");
             assert!(!t.would_enable("toolgate", &Level::DEBUG), "{unset:?}");
         }
-        // A span or field directive needs EnvFilter; so does text neither parses (which
-        // falls back to info, as before).
-        assert!(targets(Some("warn,toolgate[request]=debug")).is_none());
-        assert!(targets(Some("toolgate[request{server=fs}]=trace")).is_none());
-        assert!(targets(Some("toolgate=loud")).is_none());
+        // Everything else is EnvFilter's, read as before: span and field directives (kept:
+        // the filter's most verbose level says so), and text Targets would misread.
+        let env = |spec: &str| match log_filter(Some(spec.to_string())) {
+            LogFilter::Targets(_) => None,
+            LogFilter::Env(f) => {
+                tracing_subscriber::Layer::<tracing_subscriber::Registry>::max_level_hint(&*f)
+            }
+        };
+        use tracing_subscriber::filter::LevelFilter;
+        assert_eq!(
+            env("warn,toolgate[request]=debug"),
+            Some(LevelFilter::DEBUG)
+        );
+        assert_eq!(
+            env("toolgate[request{server=fs}]=trace"),
+            Some(LevelFilter::TRACE)
+        );
+        assert_eq!(env("toolgate="), Some(LevelFilter::TRACE));
+        assert_eq!(env("toolgate=debug,"), Some(LevelFilter::DEBUG));
+        // Not filters at all: info, as before.
+        for bad in ["toolgate=loud", "warn, toolgate=debug", "*=debug"] {
+            assert_eq!(env(bad), Some(LevelFilter::INFO), "{bad}");
+        }
     }
 }
