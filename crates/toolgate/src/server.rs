@@ -194,8 +194,7 @@ impl axum::serve::Listener for Handed {
         loop {
             // Closed only at shutdown, when axum no longer accepts.
             let Some((stream, peer)) = self.queue.recv().await else {
-                std::future::pending::<()>().await;
-                continue;
+                return std::future::pending().await;
             };
             // Registered with this thread's runtime, so its I/O is driven here.
             match tokio::net::TcpStream::from_std(stream) {

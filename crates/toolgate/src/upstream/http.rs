@@ -87,9 +87,9 @@ pub struct HttpServer {
     pub name: Arc<str>,
     uri: http::Uri,
     headers: http::HeaderMap,
-    /// Which server this is among the pools each thread keeps (`HttpServer::send`).
-    id: u64,
     connector: Connector,
+    /// Each thread's pool of connections to the server (`HttpServer::send`).
+    pools: thread_local::ThreadLocal<Pool>,
 }
 
 type Pool = Client<Connector, Full<Bytes>>;
@@ -135,13 +135,12 @@ impl HttpServer {
                 .wrap_connector(http),
             limit: CONNECT_TIMEOUT,
         };
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         HttpServer {
             name,
             uri,
             headers: map,
-            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             connector,
+            pools: thread_local::ThreadLocal::new(),
         }
     }
 
@@ -150,20 +149,9 @@ impl HttpServer {
     /// with one shared pool about half the calls at 64 sessions went through a connection of
     /// the other thread, a cross-thread wake-up (an eventfd write) each way.
     fn send(&self, request: http::Request<Full<Bytes>>) -> ResponseFuture {
-        thread_local! {
-            static POOLS: std::cell::RefCell<Vec<(u64, Pool)>> =
-                const { std::cell::RefCell::new(Vec::new()) };
-        }
-        POOLS.with_borrow_mut(|pools| {
-            let at = match pools.iter().position(|(id, _)| *id == self.id) {
-                Some(at) => at,
-                None => {
-                    pools.push((self.id, pool(self.connector.clone())));
-                    pools.len() - 1
-                }
-            };
-            pools[at].1.request(request)
-        })
+        self.pools
+            .get_or(|| pool(self.connector.clone()))
+            .request(request)
     }
 
     fn request(
