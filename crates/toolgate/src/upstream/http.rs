@@ -13,11 +13,12 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::http1::{self, BodyError, DrivenBody};
 use super::{Event, Outbound, Reply};
 use crate::jsonrpc::{self, Kind};
 
@@ -29,11 +30,11 @@ pub const PROTOCOL_HEADER: &str = "mcp-protocol-version";
 pub const METHOD_HEADER: &str = "mcp-method";
 pub const NAME_HEADER: &str = "mcp-name";
 
-/// hyper's pooled client, not reqwest: every tools/call crosses it, and reqwest's conveniences
-/// (URL parsing and conversion, the redirect layer, header merging) cost about a quarter of the
-/// gateway's instructions per call (callgrind, see the README's performance section). The URI
-/// and the server's headers are built once here; a call only clones them.
-type Connector = ConnectTimeout<hyper_rustls::HttpsConnector<HttpConnector>>;
+/// hyper, not reqwest: every tools/call crosses this, and reqwest's conveniences (URL parsing
+/// and conversion, the redirect layer, header merging) cost about a quarter of the gateway's
+/// instructions per call (callgrind, see the README's performance section). The URI and the
+/// server's headers are built once here; a call only clones them.
+type TlsConnector = ConnectTimeout<hyper_rustls::HttpsConnector<HttpConnector>>;
 
 /// How long closing an upstream session may take.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,6 +50,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ConnectTimeout<C> {
     inner: C,
     limit: Duration,
+}
+
+impl<C> ConnectTimeout<C> {
+    pub fn new(inner: C, limit: Duration) -> ConnectTimeout<C> {
+        ConnectTimeout { inner, limit }
+    }
 }
 
 impl<C> tower_service::Service<http::Uri> for ConnectTimeout<C>
@@ -85,17 +92,34 @@ where
 /// One configured HTTP server: its URL, credentials, and how to connect to it.
 pub struct HttpServer {
     pub name: Arc<str>,
+    /// What a request is sent to: origin-form (`/mcp`) for a plain-HTTP server, whose
+    /// connections are this gateway's own; the whole URL for hyper-util's client.
     uri: http::Uri,
     headers: http::HeaderMap,
-    connector: Connector,
-    /// Each thread's pool of connections to the server (`HttpServer::send`).
-    pools: thread_local::ThreadLocal<Pool>,
+    route: Route,
 }
 
-type Pool = Client<Connector, Full<Bytes>>;
+/// How requests reach a server.
+enum Route {
+    /// `http://`: each thread's own HTTP/1 connections, driven by the calls (`http1`).
+    Plain(http1::Pool),
+    /// `https://`: hyper-util's pooled client (TLS, and HTTP/2 where the server offers it).
+    /// Each of the gateway's threads keeps its own: a pooled connection is driven by the
+    /// runtime that opened it, and with one shared pool about half the calls at 64 sessions
+    /// went through a connection of the other thread, a cross-thread wake-up (an eventfd
+    /// write) each way.
+    Tls(Box<TlsRoute>),
+}
+
+struct TlsRoute {
+    connector: TlsConnector,
+    pools: thread_local::ThreadLocal<TlsPool>,
+}
+
+type TlsPool = Client<TlsConnector, Full<Bytes>>;
 
 /// A new connection pool (one per server per thread).
-fn pool(connector: Connector) -> Pool {
+fn pool(connector: TlsConnector) -> TlsPool {
     // No redirect is ever followed: it would carry the server's credentials somewhere
     // unchecked (a 3xx is relayed to the agent as an HTTP error like any other status).
     Client::builder(TokioExecutor::new())
@@ -117,6 +141,7 @@ impl HttpServer {
         }
         let uri = upstream_uri(url, &mut map);
         warn_of_environment_proxy(&name, &uri);
+        let plain = uri.scheme() == Some(&http::uri::Scheme::HTTP);
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -126,6 +151,20 @@ impl HttpServer {
         http.set_keepalive_interval(Some(Duration::from_secs(15)));
         http.set_keepalive_retries(Some(3));
         http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
+        if plain {
+            let origin = uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .parse()
+                .expect("a URI's path and query are a URI");
+            let connector = ConnectTimeout::new(http, CONNECT_TIMEOUT);
+            return HttpServer {
+                name,
+                route: Route::Plain(http1::Pool::new(connector, uri)),
+                uri: origin,
+                headers: map,
+            };
+        }
         let connector = ConnectTimeout {
             inner: hyper_rustls::HttpsConnectorBuilder::new()
                 .with_platform_verifier()
@@ -139,19 +178,27 @@ impl HttpServer {
             name,
             uri,
             headers: map,
-            connector,
-            pools: thread_local::ThreadLocal::new(),
+            route: Route::Tls(Box::new(TlsRoute {
+                connector,
+                pools: thread_local::ThreadLocal::new(),
+            })),
         }
     }
 
-    /// Sends on this thread's pool of connections to the server. Each of the gateway's
-    /// threads keeps its own: a pooled connection is driven by the runtime that opened it, and
-    /// with one shared pool about half the calls at 64 sessions went through a connection of
-    /// the other thread, a cross-thread wake-up (an eventfd write) each way.
-    fn send(&self, request: http::Request<Full<Bytes>>) -> ResponseFuture {
-        self.pools
-            .get_or(|| pool(self.connector.clone()))
-            .request(request)
+    /// Sends on one of this thread's connections to the server.
+    async fn send(
+        &self,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<UpstreamBody>, http1::Error> {
+        match &self.route {
+            Route::Plain(pool) => Ok(pool.send(request).await?.map(UpstreamBody::Driven)),
+            Route::Tls(tls) => Ok(tls
+                .pools
+                .get_or(|| pool(tls.connector.clone()))
+                .request(request)
+                .await?
+                .map(UpstreamBody::Pooled)),
+        }
     }
 
     fn request(
@@ -198,7 +245,7 @@ impl HttpServer {
         let response = match self.send(req).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(server = %self.name, "upstream request failed: {}", causes(&e));
+                tracing::warn!(server = %self.name, "upstream request failed: {}", causes(&*e));
                 return (unreachable(out), None);
             }
         };
@@ -235,7 +282,7 @@ impl HttpServer {
         match self.send(req).await {
             Ok(r) => self.to_reply(r, Kind::Notification).await,
             Err(e) => {
-                tracing::warn!(server = %self.name, "upstream GET failed: {}", causes(&e));
+                tracing::warn!(server = %self.name, "upstream GET failed: {}", causes(&*e));
                 Reply::Status {
                     status: StatusCode::BAD_GATEWAY,
                     content_type: None,
@@ -257,13 +304,13 @@ impl HttpServer {
         match tokio::time::timeout(DELETE_TIMEOUT, self.send(req)).await {
             Ok(Ok(r)) => drop(r),
             Ok(Err(e)) => {
-                tracing::debug!(server = %self.name, "upstream DELETE failed: {}", causes(&e));
+                tracing::debug!(server = %self.name, "upstream DELETE failed: {}", causes(&*e));
             }
             Err(_) => tracing::debug!(server = %self.name, "upstream DELETE got no answer"),
         }
     }
 
-    async fn to_reply(&self, response: http::Response<Incoming>, kind: Kind) -> Reply {
+    async fn to_reply(&self, response: http::Response<UpstreamBody>, kind: Kind) -> Reply {
         let status = response.status();
         let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
         let is_sse = content_type
@@ -354,7 +401,44 @@ fn ensure_response(
     relayed.chain(closing).boxed()
 }
 
-async fn read_limited(body: Incoming) -> Result<Bytes, String> {
+/// An upstream answer's body, from either kind of connection.
+pub enum UpstreamBody {
+    Driven(DrivenBody),
+    Pooled(Incoming),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::Driven(body) => std::pin::Pin::new(body).poll_frame(cx),
+            UpstreamBody::Pooled(body) => std::pin::Pin::new(body)
+                .poll_frame(cx)
+                .map_err(BodyError::Hyper),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Driven(body) => body.is_end_stream(),
+            UpstreamBody::Pooled(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Driven(body) => body.size_hint(),
+            UpstreamBody::Pooled(body) => body.size_hint(),
+        }
+    }
+}
+
+async fn read_limited(body: UpstreamBody) -> Result<Bytes, String> {
     match Limited::new(body, MAX_JSON_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {

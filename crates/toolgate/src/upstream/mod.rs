@@ -1,7 +1,7 @@
 //! Upstream MCP servers: one file per kind of transport.
 //!
 //! - `stdio`: a child process speaking newline-delimited JSON-RPC.
-//! - `http`: a Streamable HTTP server reached with hyper's pooled client.
+//! - `http`: a Streamable HTTP server; `http1` keeps the connections to plain-HTTP servers.
 //! - `probe`: one-off sessions of the gateway's own (listing a server's tools).
 //!
 //! Both answer the gateway with the same [`Reply`], so the downstream transport renders
@@ -9,6 +9,7 @@
 //! object: there are exactly two, and the request path then needs no boxing to reach them.
 
 pub mod http;
+pub mod http1;
 pub mod probe;
 pub mod stdio;
 

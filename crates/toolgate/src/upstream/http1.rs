@@ -1,0 +1,525 @@
+//! Plain-HTTP (`http://`) upstream connections, driven by the calls that use them.
+//!
+//! hyper-util's pooled client runs every connection as a task of its own and passes each
+//! request and each answer to it over channels, with the pool's key hashing and bookkeeping
+//! around them: on every call, a wake-up of the connection's task to send and another of the
+//! call's task to answer. The gateway's runtimes are one thread each, so none of that buys
+//! anything here. Each thread keeps its own idle HTTP/1 connections (hyper's connection state
+//! machine, `hyper::client::conn::http1`, so the protocol is still hyper's), and the call that
+//! takes one polls it itself: beside its request, then inside the answer's body, until the
+//! answer has been read; then the connection goes back to the pool of the thread it is on.
+//! Measured on `bench/src/bin/bare_proxy.rs` with each client (callgrind, one session):
+//! 65,262 instructions per call with hyper-util's, 56,150 with this.
+//!
+//! `https://` servers keep hyper-util's client: TLS, and HTTP/2 where the server offers it.
+
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{Builder, Connection, SendRequest};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use thread_local::ThreadLocal;
+use tokio::net::TcpStream;
+
+use super::http::ConnectTimeout;
+
+/// How long a connection may sit idle in a pool before it is closed (hyper-util's default).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Each thread's idle connections to one server, the most recently used last.
+type IdleSets = ThreadLocal<Mutex<VecDeque<Idle>>>;
+
+/// The connections to one plain-HTTP server.
+pub struct Pool {
+    connector: ConnectTimeout<HttpConnector>,
+    /// The server's URI, for the connector (host and port).
+    target: http::Uri,
+    idle: Arc<IdleSets>,
+}
+
+struct Idle {
+    conn: Box<Conn>,
+    since: Instant,
+}
+
+/// One HTTP/1 connection: the side that sends requests, and hyper's state machine that does
+/// the connection's I/O whenever it is polled. Boxed where it is kept: hyper's state is a few
+/// hundred bytes, and a call moves its connection from the pool to its answer and back.
+struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+    driver: Connection<TokioIo<TcpStream>, Full<Bytes>>,
+    /// The driver has finished (the connection closed or failed): it is not polled again.
+    ended: bool,
+}
+
+impl Conn {
+    /// Lets the connection do the I/O it can; false once it has ended.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.ended && Pin::new(&mut self.driver).poll(cx).is_ready() {
+            self.ended = true;
+        }
+        !self.ended
+    }
+
+    /// Whether the connection can take another request (the answer before was read to its
+    /// end, and neither side asked to close).
+    fn reusable(&mut self, cx: &mut Context<'_>) -> bool {
+        self.drive(cx) && self.sender.is_ready()
+    }
+}
+
+impl Pool {
+    pub fn new(connector: ConnectTimeout<HttpConnector>, target: http::Uri) -> Pool {
+        Pool {
+            connector,
+            target,
+            idle: Arc::default(),
+        }
+    }
+
+    /// Sends the request on an idle connection of this thread's, or a new one. The request's
+    /// URI is sent as it is (origin-form) and it must carry `Host`.
+    pub async fn send(
+        &self,
+        mut request: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<DrivenBody>, Error> {
+        loop {
+            let (mut conn, reused) = match self.checkout() {
+                Some(conn) => (conn, true),
+                None => (self.connect().await?, false),
+            };
+            let sent = conn.sender.try_send_request(request);
+            let mut sent = pin!(sent);
+            let taken = poll_fn(|cx| {
+                let alive = conn.drive(cx);
+                match sent.as_mut().poll(cx) {
+                    Poll::Ready(answer) => Poll::Ready(Some(answer)),
+                    Poll::Pending if !alive => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            let answered = |response: http::Response<Incoming>, conn| {
+                response.map(|body| DrivenBody {
+                    body,
+                    conn,
+                    idle: self.idle.clone(),
+                })
+            };
+            let mut e = match taken {
+                Some(Ok(response)) => return Ok(answered(response, Some(conn))),
+                Some(Err(e)) => e,
+                // The connection ended before it took the request up (the server had closed it
+                // while it idled): dropping it hands the request back.
+                None => {
+                    drop(conn);
+                    match sent.await {
+                        Ok(response) => return Ok(answered(response, None)),
+                        Err(e) => e,
+                    }
+                }
+            };
+            // A request that was not written goes out once more on a new connection, as
+            // hyper-util does; one that was written is not sent again: the server may have
+            // acted on it.
+            match e.take_message() {
+                Some(unsent) if reused => request = unsent,
+                _ => return Err(e.into_error().into()),
+            }
+        }
+    }
+
+    /// An idle connection of this thread's that is still open, if there is one.
+    ///
+    /// Not polled here: a connection the server closed while it idled shows it at the first
+    /// poll after the request was queued, and hyper then hands the request back unsent.
+    fn checkout(&self) -> Option<Box<Conn>> {
+        let mut idle = self.idle.get()?.lock().expect("idle connections");
+        while let Some(Idle { conn, since }) = idle.pop_back() {
+            if since.elapsed() > IDLE_TIMEOUT {
+                // The rest idled longer still.
+                idle.clear();
+                return None;
+            }
+            if !conn.sender.is_closed() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<Box<Conn>, Error> {
+        let mut connector = self.connector.clone();
+        let io = tower_service::Service::call(&mut connector, self.target.clone()).await?;
+        let (sender, driver) = Builder::new().handshake(io).await?;
+        Ok(Box::new(Conn {
+            sender,
+            driver,
+            ended: false,
+        }))
+    }
+}
+
+/// An upstream answer's body that drives its connection while it is read, and returns the
+/// connection to the pool once it has been read to its end. Dropped before that, it closes
+/// the connection (an HTTP/1 connection cannot skip the rest of an answer).
+pub struct DrivenBody {
+    body: Incoming,
+    /// None once the connection has gone back to the pool.
+    conn: Option<Box<Conn>>,
+    idle: Arc<IdleSets>,
+}
+
+/// Reading an answer's body failed.
+#[derive(Debug)]
+pub enum BodyError {
+    Hyper(hyper::Error),
+    /// The connection ended and hyper did not end the body (a guard; hyper does).
+    Closed,
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Hyper(e) => e.fmt(f),
+            BodyError::Closed => f.write_str("the upstream connection closed"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BodyError::Hyper(e) => e.source(),
+            BodyError::Closed => None,
+        }
+    }
+}
+
+impl DrivenBody {
+    /// Puts the connection back into this thread's pool if it can take another request.
+    fn release(&mut self, cx: &mut Context<'_>) {
+        if let Some(mut conn) = self.conn.take()
+            && conn.reusable(cx)
+        {
+            let mut idle = self.idle.get_or_default().lock().expect("idle connections");
+            let now = Instant::now();
+            while idle
+                .front()
+                .is_some_and(|i| now.duration_since(i.since) > IDLE_TIMEOUT)
+            {
+                idle.pop_front();
+            }
+            idle.push_back(Idle { conn, since: now });
+        }
+    }
+}
+
+impl Body for DrivenBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let alive = this.conn.as_mut().is_none_or(|conn| conn.drive(cx));
+        let frame = match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Pending if !alive => return Poll::Ready(Some(Err(BodyError::Closed))),
+            other => ready!(other),
+        };
+        Poll::Ready(match frame {
+            None => {
+                this.release(cx);
+                None
+            }
+            Some(Ok(frame)) => Some(Ok(frame)),
+            Some(Err(e)) => {
+                this.conn = None;
+                Some(Err(BodyError::Hyper(e)))
+            }
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for DrivenBody {
+    fn drop(&mut self) {
+        // A reader that stopped at the last frame without asking for the end: the connection
+        // can still be reused. (A poll with no waker is enough: the connection is not waited
+        // on until a call takes it, which polls it again with its own.)
+        if self.conn.is_some() && self.body.is_end_stream() {
+            self.release(&mut Context::from_waker(std::task::Waker::noop()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// What the test server does with the n-th request (counted from 0 over all connections):
+    /// the bytes it answers with, and whether it then closes the connection (20 ms later, so
+    /// that the client has put the connection back in its pool by then).
+    type Script = fn(usize) -> (Vec<u8>, bool);
+
+    /// Requests and connections a test server has seen.
+    #[derive(Default)]
+    struct Seen {
+        requests: AtomicUsize,
+        connections: AtomicUsize,
+    }
+
+    /// A plain HTTP/1.1 server on loopback that answers as `script` says.
+    async fn server(script: Script) -> (http::Uri, Arc<Seen>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let uri = format!("http://{}/mcp", listener.local_addr().expect("address"))
+            .parse()
+            .expect("uri");
+        let seen = Arc::new(Seen::default());
+        let counts = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.expect("accept");
+                counts.connections.fetch_add(1, Ordering::SeqCst);
+                let counts = counts.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let Some(head_end) = read_request(&mut socket, &mut buf).await else {
+                            return;
+                        };
+                        buf.drain(..head_end);
+                        let n = counts.requests.fetch_add(1, Ordering::SeqCst);
+                        let (answer, close) = script(n);
+                        socket.write_all(&answer).await.expect("answer");
+                        if close {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (uri, seen)
+    }
+
+    /// Reads one request (head and Content-Length body) into `buf`; returns its length.
+    async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().expect("content-length"));
+                let total = end + 4 + length;
+                while buf.len() < total {
+                    read_more(socket, buf).await?;
+                }
+                return Some(total);
+            }
+            read_more(socket, buf).await?;
+        }
+    }
+
+    async fn read_more(socket: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+        let mut chunk = [0u8; 4096];
+        match socket.read(&mut chunk).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                Some(())
+            }
+        }
+    }
+
+    fn json(body: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    fn pool(uri: &http::Uri) -> Pool {
+        Pool::new(
+            ConnectTimeout::new(HttpConnector::new(), Duration::from_secs(5)),
+            uri.clone(),
+        )
+    }
+
+    fn request(uri: &http::Uri, n: usize) -> http::Request<Full<Bytes>> {
+        let mut request = http::Request::new(Full::new(Bytes::from(format!("{{\"n\":{n}}}"))));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = "/mcp".parse().expect("uri");
+        let host = uri.authority().expect("authority").as_str();
+        request
+            .headers_mut()
+            .insert(http::header::HOST, host.parse().expect("host"));
+        request
+    }
+
+    /// Sends request n and reads its answer to the end.
+    async fn call(pool: &Pool, uri: &http::Uri, n: usize) -> Result<Bytes, Error> {
+        let response = pool.send(request(uri, n)).await?;
+        Ok(response.into_body().collect().await?.to_bytes())
+    }
+
+    #[tokio::test]
+    async fn calls_one_after_another_share_one_connection() {
+        let (uri, seen) = server(|n| (json(&format!("{{\"answer\":{n}}}")), false)).await;
+        let pool = pool(&uri);
+        for n in 0..5 {
+            let body = call(&pool, &uri, n).await.expect("an answer");
+            assert_eq!(body, format!("{{\"answer\":{n}}}"));
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+    }
+
+    /// The server closes each connection after its answer without saying so (as a server's
+    /// idle timeout does): the next request meets the closed connection, goes out once on a
+    /// new one, and is answered.
+    #[tokio::test]
+    async fn a_connection_the_server_closed_while_idle_is_replaced_and_the_request_sent_once() {
+        let (uri, seen) = server(|n| (json(&format!("{{\"answer\":{n}}}")), true)).await;
+        let pool = pool(&uri);
+        for n in 0..3 {
+            let body = call(&pool, &uri, n).await.expect("an answer");
+            assert_eq!(body, format!("{{\"answer\":{n}}}"));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            seen.requests.load(Ordering::SeqCst),
+            3,
+            "a request went twice"
+        );
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_answer_with_connection_close_is_not_followed_on_its_connection() {
+        let (uri, seen) = server(|_| {
+            let answer = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}";
+            (answer.to_vec(), false)
+        })
+        .await;
+        let pool = pool(&uri);
+        for n in 0..3 {
+            assert_eq!(call(&pool, &uri, n).await.expect("an answer"), "{}");
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_answer_cut_short_fails_and_the_next_request_gets_a_new_connection() {
+        let (uri, seen) = server(|n| match n {
+            0 => (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"partial".to_vec(),
+                true,
+            ),
+            _ => (json("{}"), false),
+        })
+        .await;
+        let pool = pool(&uri);
+        let error = call(&pool, &uri, 0).await.expect_err("a cut-short answer");
+        assert!(error.to_string().contains("body"), "{error}");
+        assert_eq!(call(&pool, &uri, 1).await.expect("an answer"), "{}");
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+    }
+
+    /// A reader that stops after the last frame, without asking for the end, still leaves
+    /// the connection for the next request.
+    #[tokio::test]
+    async fn an_answer_read_to_its_last_frame_leaves_its_connection_reusable() {
+        let (uri, seen) = server(|_| (json("{}"), false)).await;
+        let pool = pool(&uri);
+        for n in 0..3 {
+            let mut body = pool
+                .send(request(&uri, n))
+                .await
+                .expect("an answer")
+                .into_body();
+            let frame = body.frame().await.expect("a frame").expect("data");
+            assert_eq!(frame.into_data().expect("data"), "{}");
+            assert!(body.is_end_stream());
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_dropped_unread_closes_its_connection() {
+        let (uri, seen) = server(|n| match n {
+            0 => (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nnot all of it".to_vec(),
+                false,
+            ),
+            _ => (json("{}"), false),
+        })
+        .await;
+        let pool = pool(&uri);
+        drop(pool.send(request(&uri, 0)).await.expect("an answer's head"));
+        assert_eq!(call(&pool, &uri, 1).await.expect("an answer"), "{}");
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+    }
+
+    /// An event stream (chunked) read to its end leaves its connection for the next request.
+    #[tokio::test]
+    async fn a_chunked_stream_read_to_its_end_leaves_its_connection_reusable() {
+        let (uri, seen) = server(|n| {
+            let event = format!("data: {{\"answer\":{n}}}\n\n");
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                 transfer-encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n{:x}\r\n{event}\r\n0\r\n\r\n",
+                event.len(),
+                event.len()
+            );
+            (answer.into_bytes(), false)
+        })
+        .await;
+        let pool = pool(&uri);
+        for n in 0..3 {
+            let body = call(&pool, &uri, n).await.expect("a stream");
+            let event = format!("data: {{\"answer\":{n}}}\n\n");
+            assert_eq!(body, format!("{event}{event}"));
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_is_not_there_is_an_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let uri: http::Uri = format!("http://{}/mcp", listener.local_addr().expect("address"))
+            .parse()
+            .expect("uri");
+        drop(listener);
+        let error = call(&pool(&uri), &uri, 0)
+            .await
+            .expect_err("nothing listens");
+        assert!(error.to_string().contains("onnect"), "{error}");
+    }
+}
