@@ -34,6 +34,9 @@ use super::http::ConnectTimeout;
 /// How long a connection may sit idle in a pool before it is closed (hyper-util's default).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// How often idle connections are looked over (`sweep`).
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Each thread's idle connections to one server, the most recently used last.
@@ -45,6 +48,8 @@ pub struct Pool {
     /// The server's URI, for the connector (host and port).
     target: http::Uri,
     idle: Arc<IdleSets>,
+    /// Whether the task that sweeps the idle connections has been started.
+    sweeping: std::sync::atomic::AtomicBool,
 }
 
 struct Idle {
@@ -60,6 +65,10 @@ struct Conn {
     driver: Connection<TokioIo<TcpStream>, Full<Bytes>>,
     /// The driver has finished (the connection closed or failed): it is not polled again.
     ended: bool,
+    /// The idle set of the thread that opened the connection (its address), the only one it
+    /// goes back to: its socket is registered with that thread's runtime, which on a
+    /// gateway thread is the only one that drives it.
+    home: usize,
 }
 
 impl Conn {
@@ -84,6 +93,7 @@ impl Pool {
             connector,
             target,
             idle: Arc::default(),
+            sweeping: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -111,7 +121,7 @@ impl Pool {
             .await;
             let answered = |response: http::Response<Incoming>, conn| {
                 response.map(|body| DrivenBody {
-                    body,
+                    body: Some(body),
                     conn,
                     idle: self.idle.clone(),
                 })
@@ -139,26 +149,24 @@ impl Pool {
         }
     }
 
-    /// An idle connection of this thread's that is still open, if there is one.
+    /// This thread's most recently used idle connection, if it has one.
     ///
-    /// Not polled here: a connection the server closed while it idled shows it at the first
-    /// poll after the request was queued, and hyper then hands the request back unsent.
+    /// Not polled here (a poll per call costs more than the rare retry it would save): a
+    /// connection the server closed while it idled shows it at the first poll after the
+    /// request was queued, and hyper then hands the request back unsent.
     fn checkout(&self) -> Option<Box<Conn>> {
         let mut idle = self.idle.get()?.lock().expect("idle connections");
-        while let Some(Idle { conn, since }) = idle.pop_back() {
-            if since.elapsed() > IDLE_TIMEOUT {
-                // The rest idled longer still.
-                idle.clear();
-                return None;
-            }
-            if !conn.sender.is_closed() {
-                return Some(conn);
-            }
+        let Idle { conn, since } = idle.pop_back()?;
+        if since.elapsed() > IDLE_TIMEOUT {
+            // The rest idled longer still.
+            idle.clear();
+            return None;
         }
-        None
+        Some(conn)
     }
 
     async fn connect(&self) -> Result<Box<Conn>, Error> {
+        self.start_sweeping();
         let mut connector = self.connector.clone();
         let io = tower_service::Service::call(&mut connector, self.target.clone()).await?;
         let (sender, driver) = Builder::new().handshake(io).await?;
@@ -166,15 +174,60 @@ impl Pool {
             sender,
             driver,
             ended: false,
+            home: home_of(&self.idle),
         }))
     }
+
+    /// Starts `sweep` on the runtime of the first connection, once.
+    fn start_sweeping(&self) {
+        use std::sync::atomic::Ordering;
+        if self.sweeping.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let idle = Arc::downgrade(&self.idle);
+        runtime.spawn(async move {
+            let mut every = tokio::time::interval(SWEEP_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                // The pool is gone (its server was removed): so is the sweeping.
+                let Some(idle) = idle.upgrade() else { return };
+                sweep(&idle, Instant::now());
+            }
+        });
+    }
+}
+
+/// Closes the idle connections of every thread that have idled too long, or that the server
+/// closed (a poll reads its end of file), so that they do not wait for the next call on their
+/// thread to be noticed, which after the traffic stops may never come.
+fn sweep(idle: &IdleSets, now: Instant) {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    for set in idle.iter() {
+        set.lock().expect("idle connections").retain_mut(|i| {
+            now.duration_since(i.since) <= IDLE_TIMEOUT && i.conn.reusable(&mut cx)
+        });
+    }
+}
+
+/// The address of this thread's idle set: which thread a connection belongs to.
+fn home_of(idle: &IdleSets) -> usize {
+    std::ptr::from_ref(idle.get_or_default()) as usize
 }
 
 /// An upstream answer's body that drives its connection while it is read, and returns the
 /// connection to the pool once it has been read to its end. Dropped before that, it closes
-/// the connection (an HTTP/1 connection cannot skip the rest of an answer).
+/// the connection unless the rest had already arrived (an HTTP/1 connection cannot skip the
+/// rest of an answer).
 pub struct DrivenBody {
-    body: Incoming,
+    /// None only while it is dropped.
+    body: Option<Incoming>,
     /// None once the connection has gone back to the pool.
     conn: Option<Box<Conn>>,
     idle: Arc<IdleSets>,
@@ -207,10 +260,12 @@ impl std::error::Error for BodyError {
 }
 
 impl DrivenBody {
-    /// Puts the connection back into this thread's pool if it can take another request.
+    /// Puts the connection back into its thread's pool if it can take another request and
+    /// this is its thread.
     fn release(&mut self, cx: &mut Context<'_>) {
         if let Some(mut conn) = self.conn.take()
             && conn.reusable(cx)
+            && conn.home == home_of(&self.idle)
         {
             let mut idle = self.idle.get_or_default().lock().expect("idle connections");
             let now = Instant::now();
@@ -234,9 +289,16 @@ impl Body for DrivenBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
+        let Some(body) = this.body.as_mut() else {
+            return Poll::Ready(None);
+        };
         let alive = this.conn.as_mut().is_none_or(|conn| conn.drive(cx));
-        let frame = match Pin::new(&mut this.body).poll_frame(cx) {
-            Poll::Pending if !alive => return Poll::Ready(Some(Err(BodyError::Closed))),
+        let frame = match Pin::new(body).poll_frame(cx) {
+            Poll::Pending if !alive => {
+                // Dropping the ended connection ends the body with hyper's own error.
+                this.conn = None;
+                return Poll::Ready(Some(Err(BodyError::Closed)));
+            }
             other => ready!(other),
         };
         Poll::Ready(match frame {
@@ -253,20 +315,26 @@ impl Body for DrivenBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.body.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.body
+            .as_ref()
+            .map(Incoming::size_hint)
+            .unwrap_or_default()
     }
 }
 
 impl Drop for DrivenBody {
     fn drop(&mut self) {
-        // A reader that stopped at the last frame without asking for the end: the connection
-        // can still be reused. (A poll with no waker is enough: the connection is not waited
-        // on until a call takes it, which polls it again with its own.)
-        if self.conn.is_some() && self.body.is_end_stream() {
+        // A reader that stopped before the end (at the last frame without asking for the end,
+        // or not reading at all): with the body gone, hyper reads and discards what of it has
+        // already arrived, and the connection can be reused if that was all of it; otherwise
+        // hyper closes it. (A poll with no waker is enough: the connection is not waited on
+        // until a call takes it, which polls it again with its own.)
+        if self.conn.is_some() {
+            drop(self.body.take());
             self.release(&mut Context::from_waker(std::task::Waker::noop()));
         }
     }
@@ -421,6 +489,100 @@ mod tests {
         assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
     }
 
+    /// The other side of the retry: a request the server read before it closed the
+    /// connection is not sent again (the server may have acted on it); the call fails.
+    #[tokio::test]
+    async fn a_request_the_server_read_is_never_sent_twice() {
+        let (uri, seen) = server(|n| match n {
+            1 => (Vec::new(), true),
+            _ => (json("{}"), false),
+        })
+        .await;
+        let pool = pool(&uri);
+        assert_eq!(call(&pool, &uri, 0).await.expect("an answer"), "{}");
+        call(&pool, &uri, 1).await.expect_err("no answer came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(seen.requests.load(Ordering::SeqCst), 2);
+        assert_eq!(call(&pool, &uri, 2).await.expect("an answer"), "{}");
+    }
+
+    /// Calls in flight at once each get a connection; the next calls reuse them.
+    #[tokio::test]
+    async fn calls_at_once_open_a_connection_each_and_later_calls_reuse_them() {
+        let (uri, seen) = server(|_| (json("{}"), false)).await;
+        let pool = pool(&uri);
+        let answers = futures_util::future::join_all((0..8).map(|n| call(&pool, &uri, n))).await;
+        assert!(answers.iter().all(|a| a.as_ref().is_ok_and(|b| b == "{}")));
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 8);
+        for n in 8..16 {
+            call(&pool, &uri, n).await.expect("an answer");
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 8);
+    }
+
+    /// On a multi-threaded runtime a call's answer may be read on another thread than the
+    /// one that opened its connection: every call is still answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_from_several_threads_are_all_answered() {
+        let (uri, seen) = server(|n| (json(&format!("{{\"answer\":{n}}}")), false)).await;
+        let pool = Arc::new(pool(&uri));
+        let tasks: Vec<_> = (0..16)
+            .map(|t| {
+                let (pool, uri) = (pool.clone(), uri.clone());
+                tokio::spawn(async move {
+                    for n in 0..5 {
+                        call(&pool, &uri, t * 5 + n).await.expect("an answer");
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("a task");
+        }
+        assert_eq!(seen.requests.load(Ordering::SeqCst), 80);
+    }
+
+    /// An answer that is dropped unread but had already arrived in full (a DELETE's) leaves
+    /// its connection reusable.
+    #[tokio::test]
+    async fn an_answer_dropped_unread_that_had_arrived_leaves_its_connection() {
+        let (uri, seen) = server(|_| (json("{}"), false)).await;
+        let pool = pool(&uri);
+        for n in 0..3 {
+            let response = pool.send(request(&uri, n)).await.expect("an answer");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(response);
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+    }
+
+    /// The sweep closes connections that the server closed and those that idled too long.
+    #[tokio::test]
+    async fn the_sweep_closes_what_the_server_closed_and_what_idled_too_long() {
+        let (uri, _) = server(|n| (json("{}"), n == 0)).await;
+        let pool = pool(&uri);
+        let count = |pool: &Pool| {
+            pool.idle
+                .iter()
+                .map(|s| s.lock().unwrap().len())
+                .sum::<usize>()
+        };
+        call(&pool, &uri, 0).await.expect("an answer");
+        assert_eq!(count(&pool), 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sweep(&pool.idle, Instant::now());
+        assert_eq!(count(&pool), 0, "the server closed it");
+
+        call(&pool, &uri, 1).await.expect("an answer");
+        sweep(&pool.idle, Instant::now());
+        assert_eq!(count(&pool), 1, "open and recently used");
+        sweep(
+            &pool.idle,
+            Instant::now() + IDLE_TIMEOUT + Duration::from_secs(1),
+        );
+        assert_eq!(count(&pool), 0, "idle too long");
+    }
+
     #[tokio::test]
     async fn an_answer_with_connection_close_is_not_followed_on_its_connection() {
         let (uri, seen) = server(|_| {
@@ -435,12 +597,18 @@ mod tests {
         assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
     }
 
+    /// A body cut short (the server closes) or malformed (a bad chunk size, the connection
+    /// left open) fails the call, and its connection is not used again.
     #[tokio::test]
-    async fn an_answer_cut_short_fails_and_the_next_request_gets_a_new_connection() {
+    async fn a_broken_answer_fails_and_the_next_request_gets_a_new_connection() {
         let (uri, seen) = server(|n| match n {
             0 => (
                 b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"partial".to_vec(),
                 true,
+            ),
+            2 => (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{}\r\n".to_vec(),
+                false,
             ),
             _ => (json("{}"), false),
         })
@@ -450,6 +618,9 @@ mod tests {
         assert!(error.to_string().contains("body"), "{error}");
         assert_eq!(call(&pool, &uri, 1).await.expect("an answer"), "{}");
         assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+        call(&pool, &uri, 2).await.expect_err("a malformed chunk");
+        assert_eq!(call(&pool, &uri, 3).await.expect("an answer"), "{}");
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
     }
 
     /// A reader that stops after the last frame, without asking for the end, still leaves
