@@ -106,9 +106,9 @@ impl Gateway {
                         request_timeout: config.request_timeout,
                         local: *local,
                     })),
-                    TransportConfig::Http { url, headers } => {
-                        Upstream::Http(Arc::new(HttpServer::new(name, url.clone(), headers)))
-                    }
+                    TransportConfig::Http { url, headers } => Upstream::Http(Arc::new(
+                        HttpServer::new(name, url.clone(), headers, config.request_timeout),
+                    )),
                 };
                 (s.name.clone(), upstream)
             })

@@ -1,6 +1,7 @@
 //! Upstream lifecycles: stdio children that die mid-call and come back, HTTP upstreams that
-//! die mid-call, one child per session, what a child's environment holds, request timeouts,
-//! graceful shutdown on SIGTERM, and a session served by several of the gateway's threads.
+//! die mid-call, one child per session, what a child's environment holds, request timeouts
+//! (stdio and HTTP), graceful shutdown on SIGTERM, and a session served by several of the
+//! gateway's threads.
 
 mod common;
 
@@ -459,6 +460,36 @@ fn request_timeout_turns_a_silent_upstream_into_an_error() {
     // The session goes on.
     let resp = s.call_tool("echo", json!({"message": "later"}));
     assert_eq!(tool_text(&resp), "Echo: later");
+}
+
+/// The same for an HTTP server: `request_timeout_secs` bounds the wait for its answer.
+#[test]
+fn request_timeout_turns_a_silent_http_upstream_into_an_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let record = dir.path().join("http.jsonl");
+    let peer = RecorderHttp::start(&record);
+    let toml = format!(
+        "request_timeout_secs = 1\n{}{}",
+        http_server_toml("remote", &peer.url(), RECORDER_TOOLS, ""),
+        grant_toml("a", "remote", "TOK")
+    );
+    let gw = Gateway::start_in(dir, &toml, &[("TOK", TOK)]);
+    let s = McpSession::open(&gw, "remote", Some(TOK));
+    let t0 = Instant::now();
+    let resp = s.call_tool("slow", json!({"seconds": 20}));
+    assert_eq!(error_code(&resp), Some(-32001), "{resp}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let resp = s.call_tool("echo", json!({"message": "later"}));
+    assert_eq!(tool_text(&resp), "Echo: later");
+    assert!(
+        gw.log().contains("upstream did not answer within 1 s"),
+        "{}",
+        gw.log()
+    );
 }
 
 #[test]

@@ -97,6 +97,8 @@ pub struct HttpServer {
     uri: http::Uri,
     headers: http::HeaderMap,
     route: Route,
+    /// How long a POST waits for its answer, and an event stream for its next event.
+    request_timeout: Duration,
 }
 
 /// How requests reach a server.
@@ -134,6 +136,7 @@ impl HttpServer {
         name: Arc<str>,
         url: reqwest::Url,
         headers: &[(http::HeaderName, HeaderValue)],
+        request_timeout: Duration,
     ) -> HttpServer {
         let mut map = http::HeaderMap::new();
         for (k, v) in headers {
@@ -163,6 +166,7 @@ impl HttpServer {
                 route: Route::Plain(http1::Pool::new(connector, uri)),
                 uri: origin,
                 headers: map,
+                request_timeout,
             };
         }
         let connector = ConnectTimeout {
@@ -182,6 +186,7 @@ impl HttpServer {
                 connector,
                 pools: thread_local::ThreadLocal::new(),
             })),
+            request_timeout,
         }
     }
 
@@ -218,7 +223,28 @@ impl HttpServer {
     }
 
     /// POSTs one agent message; returns the reply and the upstream session id it set, if any.
+    /// An upstream that does not answer within the request timeout (a JSON answer in full, an
+    /// event stream's head and then each event) gets the agent a timeout error, as a stdio
+    /// server does.
     pub async fn post(
+        &self,
+        session: Option<&HeaderValue>,
+        out: &Outbound<'_>,
+    ) -> (Reply, Option<HeaderValue>) {
+        match tokio::time::timeout(self.request_timeout, self.exchange(session, out)).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                tracing::warn!(
+                    server = %self.name,
+                    "upstream did not answer within {} s",
+                    self.request_timeout.as_secs()
+                );
+                (timed_out(out), None)
+            }
+        }
+    }
+
+    async fn exchange(
         &self,
         session: Option<&HeaderValue>,
         out: &Outbound<'_>,
@@ -252,9 +278,10 @@ impl HttpServer {
         let upstream_session = response.headers().get(SESSION_HEADER).cloned();
         let reply = self.to_reply(response, out.kind).await;
         let reply = match (reply, out.kind, out.id) {
-            (Reply::Stream(events), Kind::Request, Some(id)) => {
-                Reply::Stream(ensure_response(events, id))
-            }
+            (Reply::Stream(events), Kind::Request, Some(id)) => Reply::Stream(ensure_response(
+                idle_timeout(events, self.request_timeout, id),
+                id,
+            )),
             (other, ..) => other,
         };
         (reply, upstream_session)
@@ -438,6 +465,53 @@ impl Body for UpstreamBody {
     }
 }
 
+/// A request's event stream that ends with a timeout error for the request when the upstream
+/// sends nothing for `limit`.
+fn idle_timeout(
+    events: futures_util::stream::BoxStream<'static, Event>,
+    limit: Duration,
+    id: &str,
+) -> futures_util::stream::BoxStream<'static, Event> {
+    let id: Arc<str> = id.into();
+    futures_util::stream::unfold(Some(events), move |events| {
+        let id = id.clone();
+        async move {
+            let mut events = events?;
+            match tokio::time::timeout(limit, events.next()).await {
+                Ok(Some(event)) => Some((event, Some(events))),
+                Ok(None) => None,
+                Err(_) => {
+                    let error = jsonrpc::error_response(
+                        Some(&id),
+                        jsonrpc::REQUEST_TIMEOUT,
+                        "upstream server did not answer in time",
+                    );
+                    Some((Event::message(error), None))
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+fn timed_out(out: &Outbound<'_>) -> Reply {
+    match out.kind {
+        Kind::Request => Reply::Json {
+            status: StatusCode::OK,
+            body: jsonrpc::error_response(
+                out.id,
+                jsonrpc::REQUEST_TIMEOUT,
+                "upstream server did not answer in time",
+            ),
+        },
+        _ => Reply::Status {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            content_type: None,
+            body: Bytes::from_static(b"upstream server did not answer in time"),
+        },
+    }
+}
+
 async fn read_limited(body: UpstreamBody) -> Result<Bytes, String> {
     match Limited::new(body, MAX_JSON_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
@@ -578,6 +652,21 @@ impl HttpSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An event stream that goes quiet ends with a timeout error for the request.
+    #[tokio::test]
+    async fn a_quiet_event_stream_ends_with_a_timeout_error() {
+        let first = futures_util::stream::iter([Event::message(Bytes::from_static(b"{}"))]);
+        let events = first.chain(futures_util::stream::pending()).boxed();
+        let relayed: Vec<Event> = idle_timeout(events, Duration::from_millis(50), "7")
+            .collect()
+            .await;
+        assert_eq!(relayed.len(), 2);
+        assert_eq!(relayed[0].data, "{}");
+        let error: serde_json::Value = serde_json::from_slice(&relayed[1].data).expect("json");
+        assert_eq!(error["id"], 7);
+        assert_eq!(error["error"]["code"], jsonrpc::REQUEST_TIMEOUT);
+    }
 
     #[test]
     fn credentials_in_the_url_become_a_basic_header_and_leave_the_uri() {
