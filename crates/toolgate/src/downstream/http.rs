@@ -48,6 +48,12 @@ pub async fn post(
     Path(server): Path<String>,
     request: Request,
 ) -> Response {
+    post_to(gw, server, request).await
+}
+
+/// `POST /mcp/{server}`, for the router and for `server::Routes` (which sends it here
+/// without the router).
+pub async fn post_to(gw: Arc<Gateway>, server: String, request: Request) -> Response {
     let request_id = new_request_id();
     let span = tracing::info_span!("request", request_id = %request_id, server = %server, method = tracing::field::Empty);
     let mut response = handle_post(gw, server, request, &request_id)
