@@ -1,22 +1,25 @@
 //! The floor for a gateway on toolgate's HTTP stack: a pass-through proxy that forwards each
-//! POST to the upstream with the same client (hyper-util's pooled client) and server (axum
-//! over hyper) as toolgate, and does nothing else - no parsing, no policy, no sessions, no
-//! audit.
+//! POST to the upstream with the same client (toolgate's own pool of HTTP/1 connections,
+//! `toolgate::upstream::http1`) and server (hyper under `axum::serve`, one handler and no
+//! router, as toolgate serves `POST /mcp/{server}`) as toolgate, and does nothing else - no
+//! parsing, no policy, no sessions, no audit.
 //!
 //! `bench/run.sh` measures it beside toolgate so that "what toolgate adds" can be split into
 //! what any proxy on this machine's loopback costs and what toolgate's own work costs.
 
-use axum::Router;
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::handler::Handler;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use toolgate::upstream::http::ConnectTimeout;
+use toolgate::upstream::http1::Pool;
 
 #[derive(Parser)]
 struct Args {
@@ -33,8 +36,10 @@ struct Args {
 
 #[derive(Clone)]
 struct Proxy {
-    client: Client<HttpConnector, Full<Bytes>>,
-    upstream: axum::http::Uri,
+    pool: Arc<Pool>,
+    /// The upstream's path (origin-form, what the pool sends) and its Host header.
+    path: axum::http::Uri,
+    host: HeaderValue,
 }
 
 /// Headers an MCP request carries that the upstream needs to see.
@@ -45,16 +50,27 @@ const FORWARDED: [&str; 4] = [
     "accept",
 ];
 
-async fn forward(State(proxy): State<Proxy>, headers: HeaderMap, body: Bytes) -> Response {
+async fn forward(
+    State(proxy): State<Proxy>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if method == Method::DELETE {
+        return StatusCode::OK.into_response();
+    }
     let mut request = axum::http::Request::new(Full::new(body));
-    *request.method_mut() = axum::http::Method::POST;
-    *request.uri_mut() = proxy.upstream.clone();
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = proxy.path.clone();
+    request
+        .headers_mut()
+        .insert(header::HOST, proxy.host.clone());
     for name in FORWARDED {
         if let Some(value) = headers.get(name) {
             request.headers_mut().insert(name, value.clone());
         }
     }
-    let upstream = match proxy.client.request(request).await {
+    let upstream = match proxy.pool.send(request).await {
         Ok(r) => r,
         Err(_) => return StatusCode::BAD_GATEWAY.into_response(),
     };
@@ -94,21 +110,20 @@ fn main() -> std::io::Result<()> {
 }
 
 async fn serve(args: Args) -> std::io::Result<()> {
+    let upstream: axum::http::Uri = args.upstream.parse().expect("--upstream is a URI");
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
     let proxy = Proxy {
-        client: Client::builder(TokioExecutor::new()).build({
-            let mut http = HttpConnector::new();
-            http.set_nodelay(true);
-            http
-        }),
-        upstream: args.upstream.parse().expect("--upstream is a URI"),
+        pool: Arc::new(Pool::new(
+            ConnectTimeout::new(http, Duration::from_secs(10)),
+            upstream.clone(),
+        )),
+        path: upstream.path().parse().expect("a path"),
+        host: HeaderValue::from_str(upstream.authority().expect("a host").as_str())
+            .expect("a host header"),
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
     println!("listening on http://{}/mcp", listener.local_addr()?);
-    let app = Router::new()
-        .route(
-            "/mcp",
-            post(forward).delete(|| async { StatusCode::OK.into_response() }),
-        )
-        .with_state(proxy);
-    axum::serve(listener, app).await
+    // Every request, whatever its path, goes to `forward`.
+    axum::serve(listener, forward.with_state(proxy).into_make_service()).await
 }

@@ -16,7 +16,8 @@
 //! - `telemetry`: Prometheus metrics.
 //! - `state`: the state store (grants, policy versions): SQLite under `state_dir`.
 //! - `downstream`: the agent-facing transports (`http`: Streamable HTTP; `rebinding`: Host/Origin).
-//! - `upstream`: the server-facing transports (`stdio` children, `http` Streamable HTTP).
+//! - `upstream`: the server-facing transports (`stdio` children, `http` Streamable HTTP, its
+//!   plain-HTTP connections in `http1`).
 //! - `gateway`: the shared state the request path reads.
 //! - `server`: routes, accept loop and the thread per core, shutdown.
 //!
