@@ -11,8 +11,10 @@
 #                                    # the same without the request span (the difference is
 #                                    # what the span costs; "listening on" must still log)
 #
-# Prints one line per configuration: "plain" (allow-all policy, audit off) and "realistic"
-# (bench/realistic-policy.py, audit on). Needs valgrind.
+# Prints one line per configuration: "plain" (allow-all policy, audit off), "realistic"
+# (bench/realistic-policy.py, audit on), and "bare-proxy" (the floor: toolgate's HTTP stack
+# doing nothing else, on one single-threaded runtime; its calls are the load generator's
+# count, as it decides nothing). Needs valgrind.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 2; }
@@ -52,3 +54,20 @@ count() { # name policy audit-enabled
 
 count plain "$TMP/plain.json" false
 count realistic "$TMP/realistic.json" true
+
+valgrind --tool=callgrind --callgrind-out-file="$TMP/bare.cg.out" \
+  "$BIN/bare-proxy" --upstream "$UP" --port 0 --current-thread >"$TMP/bare.log" 2>"$TMP/bare.vg" &
+bare=$!
+pids+=("$bare")
+wait_for "$TMP/bare.log" listening 600
+url=$(grep -o 'http://[^ ]*' "$TMP/bare.log")
+"$BIN/loadgen" --url "$url" --duration 1 --warmup 0.5 --name warm >/dev/null
+callgrind_control -z "$bare" >/dev/null 2>&1
+calls=$("$BIN/loadgen" --url "$url" --duration 4 --warmup 0 --name count |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["calls"])')
+callgrind_control -d "$bare" >/dev/null 2>&1
+kill "$bare"
+wait "$bare" 2>/dev/null || true
+total=$(callgrind_annotate "$(ls -t "$TMP"/bare.cg.out.* | head -1)" 2>/dev/null |
+  awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+printf '%-10s %9d instructions per call (%d calls)\n' bare-proxy $((total / calls)) "$calls"
