@@ -65,9 +65,11 @@ struct Conn {
     driver: Connection<TokioIo<TcpStream>, Full<Bytes>>,
     /// The driver has finished (the connection closed or failed): it is not polled again.
     ended: bool,
-    /// The idle set of the thread that opened the connection (its address), the only one it
-    /// goes back to: its socket is registered with that thread's runtime, which on a
-    /// gateway thread is the only one that drives it.
+    /// The idle set (its address) of the thread that opened the connection on a
+    /// single-threaded runtime, the only one it goes back to: its socket is registered with
+    /// that thread's runtime, the only one that drives it. `ANYWHERE` for a connection opened
+    /// on a work-stealing runtime, whose threads share one I/O driver and whose tasks move
+    /// between them.
     home: usize,
 }
 
@@ -174,7 +176,7 @@ impl Pool {
             sender,
             driver,
             ended: false,
-            home: home_of(&self.idle),
+            home: home_here(&self.idle),
         }))
     }
 
@@ -221,6 +223,18 @@ fn home_of(idle: &IdleSets) -> usize {
     std::ptr::from_ref(idle.get_or_default()) as usize
 }
 
+/// `Conn::home` of a connection that may go back to any thread's idle set.
+const ANYWHERE: usize = 0;
+
+/// The home of a connection opened now on this thread.
+fn home_here(idle: &IdleSets) -> usize {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::CurrentThread) => home_of(idle),
+        _ => ANYWHERE,
+    }
+}
+
 /// An upstream answer's body that drives its connection while it is read, and returns the
 /// connection to the pool once it has been read to its end. Dropped before that, it closes
 /// the connection unless the rest had already arrived (an HTTP/1 connection cannot skip the
@@ -260,12 +274,12 @@ impl std::error::Error for BodyError {
 }
 
 impl DrivenBody {
-    /// Puts the connection back into its thread's pool if it can take another request and
-    /// this is its thread.
+    /// Puts the connection back into this thread's pool if it can take another request and
+    /// may live on this thread.
     fn release(&mut self, cx: &mut Context<'_>) {
         if let Some(mut conn) = self.conn.take()
             && conn.reusable(cx)
-            && conn.home == home_of(&self.idle)
+            && (conn.home == ANYWHERE || conn.home == home_of(&self.idle))
         {
             let mut idle = self.idle.get_or_default().lock().expect("idle connections");
             let now = Instant::now();
@@ -521,7 +535,8 @@ mod tests {
     }
 
     /// On a multi-threaded runtime a call's answer may be read on another thread than the
-    /// one that opened its connection: every call is still answered.
+    /// one that opened its connection: every call is still answered, and connections are
+    /// reused whichever thread they were released on.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn calls_from_several_threads_are_all_answered() {
         let (uri, seen) = server(|n| (json(&format!("{{\"answer\":{n}}}")), false)).await;
@@ -540,6 +555,11 @@ mod tests {
             task.await.expect("a task");
         }
         assert_eq!(seen.requests.load(Ordering::SeqCst), 80);
+        // 16 callers at once need 16 connections. Tasks move between the workers, and a
+        // connection that could only go back to its own thread's pool was dropped whenever
+        // its task moved: about 40 connections were opened then.
+        let opened = seen.connections.load(Ordering::SeqCst);
+        assert!(opened <= 24, "{opened} connections for 16 callers");
     }
 
     /// An answer that is dropped unread but had already arrived in full (a DELETE's) leaves
