@@ -444,10 +444,9 @@ fn stdio_child_environment_holds_no_gateway_secret() {
     }
 }
 
-#[test]
-fn request_timeout_turns_a_silent_upstream_into_an_error() {
-    let (gw, _record) = recorder_gateway("request_timeout_secs = 1");
-    let s = McpSession::open(&gw, "rec", Some(TOK));
+/// Under `request_timeout_secs = 1`, a 20 s call is answered with a timeout error within
+/// 10 s, and the session goes on.
+fn assert_a_slow_call_times_out(s: &McpSession) {
     let t0 = Instant::now();
     let resp = s.call_tool("slow", json!({"seconds": 20}));
     // -32001: the MCP SDKs' request timeout (delivered, not answered in time).
@@ -457,9 +456,14 @@ fn request_timeout_turns_a_silent_upstream_into_an_error() {
         "took {:?}",
         t0.elapsed()
     );
-    // The session goes on.
     let resp = s.call_tool("echo", json!({"message": "later"}));
     assert_eq!(tool_text(&resp), "Echo: later");
+}
+
+#[test]
+fn request_timeout_turns_a_silent_upstream_into_an_error() {
+    let (gw, _record) = recorder_gateway("request_timeout_secs = 1");
+    assert_a_slow_call_times_out(&McpSession::open(&gw, "rec", Some(TOK)));
 }
 
 /// The same for an HTTP server: `request_timeout_secs` bounds the wait for its answer.
@@ -474,17 +478,7 @@ fn request_timeout_turns_a_silent_http_upstream_into_an_error() {
         grant_toml("a", "remote", "TOK")
     );
     let gw = Gateway::start_in(dir, &toml, &[("TOK", TOK)]);
-    let s = McpSession::open(&gw, "remote", Some(TOK));
-    let t0 = Instant::now();
-    let resp = s.call_tool("slow", json!({"seconds": 20}));
-    assert_eq!(error_code(&resp), Some(-32001), "{resp}");
-    assert!(
-        t0.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        t0.elapsed()
-    );
-    let resp = s.call_tool("echo", json!({"message": "later"}));
-    assert_eq!(tool_text(&resp), "Echo: later");
+    assert_a_slow_call_times_out(&McpSession::open(&gw, "remote", Some(TOK)));
     assert!(
         gw.log().contains("upstream did not answer within 1 s"),
         "{}",

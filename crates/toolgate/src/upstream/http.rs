@@ -278,10 +278,9 @@ impl HttpServer {
         let upstream_session = response.headers().get(SESSION_HEADER).cloned();
         let reply = self.to_reply(response, out.kind).await;
         let reply = match (reply, out.kind, out.id) {
-            (Reply::Stream(events), Kind::Request, Some(id)) => Reply::Stream(ensure_response(
-                idle_timeout(events, self.request_timeout, id),
-                id,
-            )),
+            (Reply::Stream(events), Kind::Request, Some(id)) => {
+                Reply::Stream(ensure_response(events, id, self.request_timeout))
+            }
             (other, ..) => other,
         };
         (reply, upstream_session)
@@ -395,39 +394,6 @@ impl HttpServer {
     }
 }
 
-/// A request's event stream that always ends with its response: when the upstream's stream
-/// breaks first (the server died), a JSON-RPC error with the agent's id is added, so the agent
-/// gets an answer instead of waiting for one that will never come.
-fn ensure_response(
-    events: futures_util::stream::BoxStream<'static, Event>,
-    id: &str,
-) -> futures_util::stream::BoxStream<'static, Event> {
-    let id: Arc<str> = id.into();
-    let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let seen = answered.clone();
-    let want = id.clone();
-    let relayed = events.inspect(move |e| {
-        if !e.data.is_empty()
-            && let Ok(env) = crate::jsonrpc::Envelope::parse(&e.data)
-            && env.kind() == Ok(Kind::Response)
-            && env.id.is_some_and(|i| i.get() == &*want)
-        {
-            seen.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-    });
-    let closing = futures_util::stream::once(async move {
-        (!answered.load(std::sync::atomic::Ordering::Relaxed)).then(|| {
-            Event::message(jsonrpc::error_response(
-                Some(&id),
-                jsonrpc::INTERNAL_ERROR,
-                "upstream server closed the stream before answering",
-            ))
-        })
-    })
-    .filter_map(std::future::ready);
-    relayed.chain(closing).boxed()
-}
-
 /// An upstream answer's body, from either kind of connection.
 pub enum UpstreamBody {
     Driven(DrivenBody),
@@ -465,51 +431,63 @@ impl Body for UpstreamBody {
     }
 }
 
-/// A request's event stream that ends with a timeout error for the request when the upstream
-/// sends nothing for `limit`.
-fn idle_timeout(
+/// A request's event stream that always ends with its response. Until the response has come,
+/// each event must come within `limit` (as a stdio server's must): an upstream that goes quiet
+/// gets the agent a timeout error, and one whose stream breaks first (the server died) a
+/// JSON-RPC error, both with the agent's id, so the agent gets an answer instead of waiting for
+/// one that will never come. After the response, events are relayed as they come, untimed.
+fn ensure_response(
     events: futures_util::stream::BoxStream<'static, Event>,
-    limit: Duration,
     id: &str,
+    limit: Duration,
 ) -> futures_util::stream::BoxStream<'static, Event> {
     let id: Arc<str> = id.into();
-    futures_util::stream::unfold(Some(events), move |events| {
+    futures_util::stream::unfold((Some(events), false), move |(events, answered)| {
         let id = id.clone();
         async move {
             let mut events = events?;
-            match tokio::time::timeout(limit, events.next()).await {
-                Ok(Some(event)) => Some((event, Some(events))),
-                Ok(None) => None,
-                Err(_) => {
-                    let error = jsonrpc::error_response(
-                        Some(&id),
-                        jsonrpc::REQUEST_TIMEOUT,
-                        "upstream server did not answer in time",
-                    );
-                    Some((Event::message(error), None))
+            let next = if answered {
+                Ok(events.next().await)
+            } else {
+                tokio::time::timeout(limit, events.next()).await
+            };
+            let (code, message) = match next {
+                Ok(Some(event)) => {
+                    let answered = answered || answers(&event, &id);
+                    return Some((event, (Some(events), answered)));
                 }
-            }
+                Ok(None) if answered => return None,
+                Ok(None) => (
+                    jsonrpc::INTERNAL_ERROR,
+                    "upstream server closed the stream before answering",
+                ),
+                Err(_) => (
+                    jsonrpc::REQUEST_TIMEOUT,
+                    "upstream server did not answer in time",
+                ),
+            };
+            let error = jsonrpc::error_response(Some(&id), code, message);
+            Some((Event::message(error), (None, true)))
         }
     })
     .boxed()
 }
 
+/// Whether an event is the response to the request `id` (its raw JSON text).
+fn answers(event: &Event, id: &str) -> bool {
+    !event.data.is_empty()
+        && crate::jsonrpc::Envelope::parse(&event.data).is_ok_and(|env| {
+            env.kind() == Ok(Kind::Response) && env.id.is_some_and(|i| i.get() == id)
+        })
+}
+
 fn timed_out(out: &Outbound<'_>) -> Reply {
-    match out.kind {
-        Kind::Request => Reply::Json {
-            status: StatusCode::OK,
-            body: jsonrpc::error_response(
-                out.id,
-                jsonrpc::REQUEST_TIMEOUT,
-                "upstream server did not answer in time",
-            ),
-        },
-        _ => Reply::Status {
-            status: StatusCode::GATEWAY_TIMEOUT,
-            content_type: None,
-            body: Bytes::from_static(b"upstream server did not answer in time"),
-        },
-    }
+    failed(
+        out,
+        jsonrpc::REQUEST_TIMEOUT,
+        StatusCode::GATEWAY_TIMEOUT,
+        "upstream server did not answer in time",
+    )
 }
 
 async fn read_limited(body: UpstreamBody) -> Result<Bytes, String> {
@@ -601,19 +579,26 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn unreachable(out: &Outbound<'_>) -> Reply {
+    failed(
+        out,
+        jsonrpc::INTERNAL_ERROR,
+        StatusCode::BAD_GATEWAY,
+        "upstream server unreachable",
+    )
+}
+
+/// The gateway's own answer when the upstream gave none: a JSON-RPC error for a request, an
+/// HTTP error (`status`) for anything else.
+fn failed(out: &Outbound<'_>, code: i64, status: StatusCode, message: &'static str) -> Reply {
     match out.kind {
         Kind::Request => Reply::Json {
             status: StatusCode::OK,
-            body: jsonrpc::error_response(
-                out.id,
-                jsonrpc::INTERNAL_ERROR,
-                "upstream server unreachable",
-            ),
+            body: jsonrpc::error_response(out.id, code, message),
         },
         _ => Reply::Status {
-            status: StatusCode::BAD_GATEWAY,
+            status,
             content_type: None,
-            body: Bytes::from_static(b"upstream server unreachable"),
+            body: Bytes::from_static(message.as_bytes()),
         },
     }
 }
@@ -653,19 +638,72 @@ impl HttpSession {
 mod tests {
     use super::*;
 
-    /// An event stream that goes quiet ends with a timeout error for the request.
+    fn message(json: &'static str) -> Event {
+        Event::message(Bytes::from_static(json.as_bytes()))
+    }
+
+    /// The next event of a relayed stream within 300 ms, if any.
+    async fn next_soon(
+        relayed: &mut futures_util::stream::BoxStream<'static, Event>,
+    ) -> Option<Event> {
+        tokio::time::timeout(Duration::from_millis(300), relayed.next())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    fn error_code(event: &Event) -> serde_json::Value {
+        let error: serde_json::Value = serde_json::from_slice(&event.data).expect("json");
+        assert_eq!(error["id"], 7, "{error}");
+        error["error"]["code"].clone()
+    }
+
+    /// An event stream that goes quiet before the response ends with a timeout error for the
+    /// request; one that ends before it, with an error that says so.
     #[tokio::test]
-    async fn a_quiet_event_stream_ends_with_a_timeout_error() {
-        let first = futures_util::stream::iter([Event::message(Bytes::from_static(b"{}"))]);
-        let events = first.chain(futures_util::stream::pending()).boxed();
-        let relayed: Vec<Event> = idle_timeout(events, Duration::from_millis(50), "7")
+    async fn a_stream_without_its_response_ends_with_an_error() {
+        let progress = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#;
+        let quiet = futures_util::stream::iter([message(progress)])
+            .chain(futures_util::stream::pending())
+            .boxed();
+        let relayed: Vec<Event> = ensure_response(quiet, "7", Duration::from_millis(50))
             .collect()
             .await;
         assert_eq!(relayed.len(), 2);
-        assert_eq!(relayed[0].data, "{}");
-        let error: serde_json::Value = serde_json::from_slice(&relayed[1].data).expect("json");
-        assert_eq!(error["id"], 7);
-        assert_eq!(error["error"]["code"], jsonrpc::REQUEST_TIMEOUT);
+        assert_eq!(relayed[0].data, progress);
+        assert_eq!(error_code(&relayed[1]), jsonrpc::REQUEST_TIMEOUT);
+
+        let ended = futures_util::stream::iter([message(progress)]).boxed();
+        let relayed: Vec<Event> = ensure_response(ended, "7", Duration::from_secs(5))
+            .collect()
+            .await;
+        assert_eq!(relayed.len(), 2);
+        assert_eq!(error_code(&relayed[1]), jsonrpc::INTERNAL_ERROR);
+    }
+
+    /// Once the response has come, a stream the upstream leaves open is not timed: no second
+    /// answer for the same request.
+    #[tokio::test]
+    async fn a_stream_left_open_after_its_response_gets_no_second_answer() {
+        let response = r#"{"jsonrpc":"2.0","id":7,"result":{}}"#;
+        let open = futures_util::stream::iter([message(response)])
+            .chain(futures_util::stream::pending())
+            .boxed();
+        let mut relayed = ensure_response(open, "7", Duration::from_millis(50));
+        assert_eq!(
+            next_soon(&mut relayed).await.expect("the response").data,
+            response
+        );
+        assert!(next_soon(&mut relayed).await.is_none(), "a second answer");
+
+        // Another request's response is not this one's.
+        let other = r#"{"jsonrpc":"2.0","id":8,"result":{}}"#;
+        let ended = futures_util::stream::iter([message(other)]).boxed();
+        let relayed: Vec<Event> = ensure_response(ended, "7", Duration::from_secs(5))
+            .collect()
+            .await;
+        assert_eq!(relayed.len(), 2);
+        assert_eq!(error_code(&relayed[1]), jsonrpc::INTERNAL_ERROR);
     }
 
     #[test]
