@@ -27,6 +27,25 @@ start_fast_upstream
 echo '{"version": "1", "default": "allow"}' >"$TMP/plain.json"
 python3 bench/realistic-policy.py "$TMP/realistic.json"
 
+# Counts the process PID under callgrind (writing DUMP.*) while the load generator drives URL:
+# a warm-up, then a counted run. Sets TOTAL (instructions), LOADGEN_CALLS and DUMP_FILE.
+measure() { # pid url dump
+  "$BIN/loadgen" --url "$2" --duration 1 --warmup 0.5 --name warm >/dev/null
+  callgrind_control -z "$1" >/dev/null 2>&1
+  LOADGEN_CALLS=$("$BIN/loadgen" --url "$2" --duration 4 --warmup 0 --name count |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["calls"])')
+  callgrind_control -d "$1" >/dev/null 2>&1
+  kill "$1"
+  wait "$1" 2>/dev/null || true
+  DUMP_FILE=$(ls -t "$3".* | head -1)
+  TOTAL=$(callgrind_annotate "$DUMP_FILE" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+}
+
+report() { # name calls
+  [[ ${2:-0} -gt 0 ]] || { echo "$1: no calls counted" >&2; exit 1; }
+  printf '%-10s %9d instructions per call (%d calls)\n' "$1" $((TOTAL / $2)) "$2"
+}
+
 count() { # name policy audit-enabled
   local dir=$TMP/$1
   write_gateway_config "$dir" "$2" "$3"
@@ -38,22 +57,12 @@ count() { # name policy audit-enabled
   local pid=$!
   pids+=("$pid")
   wait_for "$dir/log" 'listening on' 600
-  local url
-  url=$(listening_url "$dir/log")/mcp/http
-  "$BIN/loadgen" --url "$url" --duration 1 --warmup 0.5 --name warm >/dev/null
-  callgrind_control -z "$pid" >/dev/null 2>&1
-  "$BIN/loadgen" --url "$url" --duration 4 --warmup 0 --name count >/dev/null
-  callgrind_control -d "$pid" >/dev/null 2>&1
-  kill "$pid"
-  wait "$pid" 2>/dev/null || true
-  local dump total calls
-  dump=$(ls -t "$dir"/cg.out.* | head -1)
-  total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-  # Every tools/call is decided exactly once: the decision step's call count is the calls.
-  calls=$(callgrind_annotate --tree=caller --threshold=100 "$dump" 2>/dev/null |
+  measure "$pid" "$(listening_url "$dir/log")/mcp/http" "$dir/cg.out"
+  # Every POST is decided exactly once: the decision step's call count is the calls.
+  local calls
+  calls=$(callgrind_annotate --tree=caller --threshold=100 "$DUMP_FILE" 2>/dev/null |
     grep -E '=> .*toolgate::pipeline::decide::decide \(' | grep -o '([0-9,]*x)' | tr -d '(),x' | head -1)
-  [[ ${calls:-0} -gt 0 ]] || { echo "$1: no calls counted" >&2; exit 1; }
-  printf '%-10s %9d instructions per call (%d calls)\n' "$1" $((total / calls)) "$calls"
+  report "$1" "$calls"
 }
 
 count plain "$TMP/plain.json" false
@@ -64,15 +73,5 @@ valgrind --tool=callgrind --callgrind-out-file="$TMP/bare.cg.out" \
 bare=$!
 pids+=("$bare")
 wait_for "$TMP/bare.log" listening 600
-url=$(grep -o 'http://[^ ]*' "$TMP/bare.log")
-"$BIN/loadgen" --url "$url" --duration 1 --warmup 0.5 --name warm >/dev/null
-callgrind_control -z "$bare" >/dev/null 2>&1
-calls=$("$BIN/loadgen" --url "$url" --duration 4 --warmup 0 --name count |
-  python3 -c 'import json, sys; print(json.load(sys.stdin)["calls"])')
-callgrind_control -d "$bare" >/dev/null 2>&1
-kill "$bare"
-wait "$bare" 2>/dev/null || true
-total=$(callgrind_annotate "$(ls -t "$TMP"/bare.cg.out.* | head -1)" 2>/dev/null |
-  awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-[[ ${calls:-0} -gt 0 ]] || { echo "bare-proxy: no calls counted" >&2; exit 1; }
-printf '%-10s %9d instructions per call (%d calls)\n' bare-proxy $((total / calls)) "$calls"
+measure "$bare" "$(grep -o 'http://[^ ]*' "$TMP/bare.log")" "$TMP/bare.cg.out"
+report bare-proxy "$LOADGEN_CALLS"

@@ -222,6 +222,7 @@ async fn serve_connections(
         gw,
     };
     // Cannot fail: `Handed::accept` never returns an error.
+    let routes = axum::ServiceExt::<axum::extract::Request>::into_make_service(routes);
     let _ = axum::serve(listener, routes)
         .with_graceful_shutdown(signal)
         .await;
@@ -249,13 +250,7 @@ impl tower_service::Service<axum::extract::Request> for Routes {
     type Response = axum::response::Response;
     type Error = std::convert::Infallible;
     type Future = futures_util::future::Either<
-        std::pin::Pin<
-            Box<
-                dyn std::future::Future<Output = Result<Self::Response, Self::Error>>
-                    + Send
-                    + 'static,
-            >,
-        >,
+        futures_util::future::BoxFuture<'static, Result<Self::Response, Self::Error>>,
         <Router as tower_service::Service<axum::extract::Request>>::Future,
     >;
 
@@ -277,25 +272,6 @@ impl tower_service::Service<axum::extract::Request> for Routes {
             }));
         }
         futures_util::future::Either::Right(tower_service::Service::call(&mut self.router, request))
-    }
-}
-
-impl<'a, L: axum::serve::Listener> tower_service::Service<axum::serve::IncomingStream<'a, L>>
-    for Routes
-{
-    type Response = Routes;
-    type Error = std::convert::Infallible;
-    type Future = std::future::Ready<Result<Routes, std::convert::Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: axum::serve::IncomingStream<'a, L>) -> Self::Future {
-        std::future::ready(Ok(self.clone()))
     }
 }
 

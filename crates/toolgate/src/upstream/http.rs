@@ -154,38 +154,32 @@ impl HttpServer {
         http.set_keepalive_interval(Some(Duration::from_secs(15)));
         http.set_keepalive_retries(Some(3));
         http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
-        if plain {
+        let (route, uri) = if plain {
             let origin = uri
                 .path_and_query()
                 .map_or("/", |p| p.as_str())
                 .parse()
                 .expect("a URI's path and query are a URI");
             let connector = ConnectTimeout::new(http, CONNECT_TIMEOUT);
-            return HttpServer {
-                name,
-                route: Route::Plain(http1::Pool::new(connector, uri)),
-                uri: origin,
-                headers: map,
-                request_timeout,
-            };
-        }
-        let connector = ConnectTimeout {
-            inner: hyper_rustls::HttpsConnectorBuilder::new()
+            (Route::Plain(http1::Pool::new(connector, uri)), origin)
+        } else {
+            let tls = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_platform_verifier()
                 .https_or_http()
                 .enable_http1()
                 .enable_http2()
-                .wrap_connector(http),
-            limit: CONNECT_TIMEOUT,
+                .wrap_connector(http);
+            let route = Route::Tls(Box::new(TlsRoute {
+                connector: ConnectTimeout::new(tls, CONNECT_TIMEOUT),
+                pools: thread_local::ThreadLocal::new(),
+            }));
+            (route, uri)
         };
         HttpServer {
             name,
             uri,
             headers: map,
-            route: Route::Tls(Box::new(TlsRoute {
-                connector,
-                pools: thread_local::ThreadLocal::new(),
-            })),
+            route,
             request_timeout,
         }
     }
@@ -394,7 +388,9 @@ impl HttpServer {
     }
 }
 
-/// An upstream answer's body, from either kind of connection.
+/// An upstream answer's body, from either kind of connection. (Not `http_body_util::Either`:
+/// its error is a boxed `dyn Error`, which `sse_stream` cannot take, and boxing the body
+/// instead would cost an allocation per call.)
 pub enum UpstreamBody {
     Driven(DrivenBody),
     Pooled(Incoming),
@@ -530,10 +526,11 @@ fn upstream_uri(mut url: reqwest::Url, headers: &mut http::HeaderMap) -> http::U
         let _ = url.set_password(None);
     }
     url.set_fragment(None);
-    // The Host header of a plain-HTTP server, built once: hyper-util would format it from the
-    // URI on every request. Only for `http://`, which is always HTTP/1 here: an `https://`
-    // server may choose HTTP/2, where hyper-util sends `:authority` alone and some servers
-    // (Google front ends, nginx) refuse a request that also carries Host. `Url::port` is None
+    // The Host header of a plain-HTTP server, built once: its connections are this gateway's
+    // own HTTP/1 ones (`http1`), whose requests must carry it. Only for `http://`: an
+    // `https://` server goes through hyper-util, which adds Host on HTTP/1 itself and on
+    // HTTP/2 sends `:authority` alone (some servers, Google front ends and nginx, refuse a
+    // request that also carries Host). `Url::port` is None
     // for the scheme's default port.
     if url.scheme() == "http"
         && let Some(host) = url.host_str()

@@ -57,6 +57,12 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    fn expired(&self, now: Instant) -> bool {
+        now.duration_since(self.since) > IDLE_TIMEOUT
+    }
+}
+
 /// One HTTP/1 connection: the side that sends requests, and hyper's state machine that does
 /// the connection's I/O whenever it is polled. Boxed where it is kept: hyper's state is a few
 /// hundred bytes, and a call moves its connection from the pool to its answer and back.
@@ -158,13 +164,13 @@ impl Pool {
     /// request was queued, and hyper then hands the request back unsent.
     fn checkout(&self) -> Option<Box<Conn>> {
         let mut idle = self.idle.get()?.lock().expect("idle connections");
-        let Idle { conn, since } = idle.pop_back()?;
-        if since.elapsed() > IDLE_TIMEOUT {
+        let newest = idle.pop_back()?;
+        if newest.expired(Instant::now()) {
             // The rest idled longer still.
             idle.clear();
             return None;
         }
-        Some(conn)
+        Some(newest.conn)
     }
 
     async fn connect(&self) -> Result<Box<Conn>, Error> {
@@ -212,15 +218,15 @@ impl Pool {
 fn sweep(idle: &IdleSets, now: Instant) {
     let mut cx = Context::from_waker(std::task::Waker::noop());
     for set in idle.iter() {
-        set.lock().expect("idle connections").retain_mut(|i| {
-            now.duration_since(i.since) <= IDLE_TIMEOUT && i.conn.reusable(&mut cx)
-        });
+        set.lock()
+            .expect("idle connections")
+            .retain_mut(|i| !i.expired(now) && i.conn.reusable(&mut cx));
     }
 }
 
-/// The address of this thread's idle set: which thread a connection belongs to.
-fn home_of(idle: &IdleSets) -> usize {
-    std::ptr::from_ref(idle.get_or_default()) as usize
+/// The address of an idle set: which thread a connection belongs to.
+fn address(set: &Mutex<VecDeque<Idle>>) -> usize {
+    std::ptr::from_ref(set) as usize
 }
 
 /// `Conn::home` of a connection that may go back to any thread's idle set.
@@ -230,7 +236,7 @@ const ANYWHERE: usize = 0;
 fn home_here(idle: &IdleSets) -> usize {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::CurrentThread) => home_of(idle),
+        Ok(RuntimeFlavor::CurrentThread) => address(idle.get_or_default()),
         _ => ANYWHERE,
     }
 }
@@ -275,21 +281,17 @@ impl std::error::Error for BodyError {
 
 impl DrivenBody {
     /// Puts the connection back into this thread's pool if it can take another request and
-    /// may live on this thread.
+    /// may live on this thread. (Connections that idled too long are `sweep`'s.)
     fn release(&mut self, cx: &mut Context<'_>) {
-        if let Some(mut conn) = self.conn.take()
-            && conn.reusable(cx)
-            && (conn.home == ANYWHERE || conn.home == home_of(&self.idle))
-        {
-            let mut idle = self.idle.get_or_default().lock().expect("idle connections");
-            let now = Instant::now();
-            while idle
-                .front()
-                .is_some_and(|i| now.duration_since(i.since) > IDLE_TIMEOUT)
-            {
-                idle.pop_front();
-            }
-            idle.push_back(Idle { conn, since: now });
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let set = self.idle.get_or_default();
+        if conn.reusable(cx) && (conn.home == ANYWHERE || conn.home == address(set)) {
+            set.lock().expect("idle connections").push_back(Idle {
+                conn,
+                since: Instant::now(),
+            });
         }
     }
 }
