@@ -380,14 +380,10 @@ fn calls_through_an_http_upstream_are_recorded_streamed_or_failed() {
         "{r}"
     );
     // The text log: the warning inside the span `request{request_id=...}`.
-    let log = gw.log();
     let in_span = format!("request_id={}", failed.request_id);
-    assert!(
-        log.lines()
-            .any(|l| l.contains(&in_span) && l.contains("upstream request failed")),
-        "no warning in the span of request {}:\n{log}",
-        failed.request_id
-    );
+    gw.log_with_line(&format!("the warning in the span of {in_span}"), |l| {
+        l.contains(&in_span) && l.contains("upstream request failed")
+    });
 }
 
 /// A call the policy allowed but that could not go on (the gateway could not ask the upstream

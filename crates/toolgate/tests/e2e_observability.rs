@@ -286,7 +286,9 @@ fn json_logs_carry_the_request_id_of_the_header_and_the_audit_record() {
         "upstream_error"
     );
 
-    let log = gw.log();
+    let log = gw.log_with_line("the restart", |l| {
+        l.contains(after.request_id.as_str()) && l.contains("restarting")
+    });
     let lines = json_lines(&log);
     let mine = lines_of(&lines, &after.request_id);
     let messages: Vec<&str> = mine
