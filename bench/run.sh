@@ -169,6 +169,8 @@ def compare(label, transport, n):
     ratios = [g[k]["throughput"] / max(d[k]["throughput"], 1e-9) for k in ks]
     added = {q: median([g[k]["latency_us"][q] - d[k]["latency_us"][q] for k in ks]) for q in ("p50", "p99", "p999")}
     cpu = [g[k]["cpu_us_per_call"] for k in ks if g[k].get("cpu_us_per_call") is not None]
+    system = [g[k]["cpu_system_us_per_call"] for k in ks
+              if g[k].get("cpu_system_us_per_call") is not None]
     return {
         "rounds": len(ks),
         "direct_calls_per_s": median([d[k]["throughput"] for k in ks]),
@@ -176,6 +178,7 @@ def compare(label, transport, n):
         "ratio": median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
         "added_us": added,
         "cpu_us_per_call": median(cpu) if cpu else None,
+        "cpu_system_us_per_call": median(system) if system else None,
         "errors": errors_of((label,), transport, n),
     }
 
@@ -219,11 +222,12 @@ for transport in ("http", "stdio"):
               f'| {fmt(r["calls_per_s"])} ({ratio(r)}) | {added("p50")} | {added("p99")} | {added("p999")} '
               f'| {fmt(p["cpu_us_per_call"],1)} / {fmt(r["cpu_us_per_call"],1)} | {errs or "none"} |')
 print("\n### floors: other proxies in the same run (HTTP upstream)\n")
-print("| sessions | proxy | calls/s (ratio) | added p50 µs | added p99 µs | CPU µs/call |")
-print("|---|---|---|---|---|---|")
+print("| sessions | proxy | calls/s (ratio) | added p50 µs | added p99 µs | CPU µs/call | of it in the kernel |")
+print("|---|---|---|---|---|---|---|")
 proxies = (("bare", "bare-proxy (tokio's work-stealing runtime)"),
            ("bare1", "bare-proxy --current-thread (one single-threaded runtime)"),
-           ("nginx", "nginx"), ("plain", "toolgate, allow-all"))
+           ("nginx", "nginx"), ("plain", "toolgate, allow-all"),
+           ("realistic", "toolgate, realistic policy"))
 for n in sorted({k[2] for k in rounds}):
     for key, label in proxies:
         c = compare(key, "http", n)
@@ -231,7 +235,7 @@ for n in sorted({k[2] for k in rounds}):
             continue
         print(f'| {n} | {label} | {fmt(c["calls_per_s"])} ({ratio(c)}) '
               f'| {c["added_us"]["p50"]:+,.0f} | {c["added_us"]["p99"]:+,.0f} '
-              f'| {fmt(c["cpu_us_per_call"], 1)} |')
+              f'| {fmt(c["cpu_us_per_call"], 1)} | {fmt(c["cpu_system_us_per_call"], 1)} |')
 print("\n### memory (HTTP upstream, idle sessions)\n")
 print(f"| state | gateway RSS | per session |")
 print("|---|---|---|")

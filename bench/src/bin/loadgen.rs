@@ -63,8 +63,18 @@ struct Tally {
     errors: BTreeMap<String, u64>,
 }
 
-/// CPU seconds (user + system) and peak RSS (KiB) of a process, from /proc.
-fn proc_stats(pid: u32) -> Option<(f64, u64)> {
+/// What /proc says about the gateway process.
+#[derive(Clone, Copy)]
+struct ProcStats {
+    /// CPU seconds, user and system.
+    cpu: f64,
+    /// CPU seconds in the kernel: the share every proxy pays for its sockets.
+    system: f64,
+    peak_rss_kib: u64,
+}
+
+/// CPU seconds and peak RSS (KiB) of a process, from /proc.
+fn proc_stats(pid: u32) -> Option<ProcStats> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -78,7 +88,11 @@ fn proc_stats(pid: u32) -> Option<(f64, u64)> {
         .find(|l| l.starts_with("VmHWM:"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())?;
-    Some(((utime + stime) / ticks, hwm))
+    Some(ProcStats {
+        cpu: (utime + stime) / ticks,
+        system: stime / ticks,
+        peak_rss_kib: hwm,
+    })
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -379,9 +393,14 @@ async fn main() {
     let t = tally.lock().await;
     let q = |p: f64| t.hist.as_ref().map(|h| h.value_at_quantile(p)).unwrap_or(0);
     let cpu = match (cpu_before, cpu_after) {
-        (Some((b, _)), Some((a, hwm))) => Some((a - b, hwm)),
+        (Some(b), Some(a)) => Some(ProcStats {
+            cpu: a.cpu - b.cpu,
+            system: a.system - b.system,
+            peak_rss_kib: a.peak_rss_kib,
+        }),
         _ => None,
     };
+    let per_call = |seconds: f64| (t.ok > 0).then(|| seconds * 1e6 / t.ok as f64);
     let out = json!({
         "name": args.name,
         "sessions": args.sessions,
@@ -390,9 +409,10 @@ async fn main() {
         "throughput": t.ok as f64 / elapsed,
         "latency_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999)},
         "errors": t.errors,
-        "cpu_seconds": cpu.map(|c| c.0),
-        "cpu_us_per_call": cpu.and_then(|c| (t.ok > 0).then(|| c.0 * 1e6 / t.ok as f64)),
-        "peak_rss_kib": cpu.map(|c| c.1),
+        "cpu_seconds": cpu.map(|c| c.cpu),
+        "cpu_us_per_call": cpu.and_then(|c| per_call(c.cpu)),
+        "cpu_system_us_per_call": cpu.and_then(|c| per_call(c.system)),
+        "peak_rss_kib": cpu.map(|c| c.peak_rss_kib),
     });
     println!("{out}");
 }
