@@ -49,6 +49,7 @@ pub async fn serve(
     threads: usize,
 ) -> std::io::Result<()> {
     let reaper = tokio::spawn(reap_idle_sessions(gw.clone()));
+    let armed = tokio::spawn(keep_timer_wheel_armed());
     gw.start_background();
     let shutdown = gw.shutdown.clone();
     let grace = gw.config.shutdown_grace;
@@ -91,6 +92,7 @@ pub async fn serve(
         _ = drained => tracing::warn!("shutdown grace of {grace:?} over; ending remaining calls"),
     }
     reaper.abort();
+    armed.abort();
     let sessions = gw.sessions.drain();
     let count = sessions.len();
     futures_util::future::join_all(sessions.iter().map(|s| s.close())).await;
@@ -290,6 +292,7 @@ fn spawn_worker(
         .name(format!("toolgate-{n}"))
         .spawn(move || {
             runtime.block_on(async move {
+                tokio::spawn(keep_timer_wheel_armed());
                 let shutdown = gw.shutdown.clone();
                 let serving = async move {
                     serve_connections(listener, gw, shutdown.cancelled_owned()).await;
@@ -304,6 +307,20 @@ fn spawn_worker(
             })
         })?;
     Ok(Worker { thread, drained })
+}
+
+/// Keeps a deadline at most a second away in the timer wheel of the runtime it runs on.
+/// Registering a timer that comes before the wheel's next deadline makes tokio wake its own
+/// I/O driver, even from the runtime's thread while it is busy (tokio-rs/tokio#5207): an
+/// eventfd write and one more epoll round. On a serving thread with nothing else timed, that
+/// was every call's request timeout (`bench/scripts/instructions.sh` and strace: one `write`
+/// per call). With this tick first in line, a timeout of a second or more never is.
+async fn keep_timer_wheel_armed() {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
 }
 
 /// A serving thread other than the caller's.
