@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# System calls per tools/call, counted by strace on the serving process: toolgate allow-all
+# (audit off), toolgate realistic (audit on), and bare-proxy on one single-threaded runtime
+# (the HTTP stack alone). At one session a proxy's latency is the CPU on the request's path,
+# and about half of that is the kernel's, so a system call more or less per call shows here
+# before it shows in a noisy wall-clock run. Every thread of the process is counted (the
+# audit writer included); the counts are divided by the load generator's calls.
+#
+#   bash bench/scripts/syscalls.sh [TOOLGATE_BINARY]
+#   SESSIONS=64 bash bench/scripts/syscalls.sh
+#
+# Needs strace. strace slows the process it watches, so only the counts mean anything here.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+command -v strace >/dev/null || { echo "needs strace (apt-get install strace)" >&2; exit 2; }
+GATEWAY=${1:-target/release/toolgate}
+SESSIONS=${SESSIONS:-1}
+source bench/lib.sh
+start_fast_upstream
+echo '{"version": "1", "default": "allow"}' >"$TMP/plain.json"
+python3 bench/realistic-policy.py "$TMP/realistic.json"
+# strace writes under a directory of its own: the gateway watches the policies' directory.
+mkdir -p "$TMP/strace"
+
+count() { # name pid url
+  "$BIN/loadgen" --url "$3" --sessions "$SESSIONS" --duration 1 --warmup 0.3 --name warm >/dev/null
+  strace -c -f -p "$2" -o "$TMP/strace/$1" 2>/dev/null &
+  local tracer=$!
+  sleep 0.5
+  local calls
+  calls=$("$BIN/loadgen" --url "$3" --sessions "$SESSIONS" --duration 2 --warmup 0 --name "$1" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["calls"])')
+  kill -INT "$tracer"
+  wait "$tracer" 2>/dev/null || true
+  [[ $calls -gt 0 ]] || { echo "$1: no calls counted" >&2; exit 1; }
+  # strace -c: "% time seconds usecs/call calls [errors] syscall"; the last row is the total.
+  python3 - "$1" "$calls" "$TMP/strace/$1" <<'PY'
+import sys
+name, calls, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+rows = []
+for line in open(path):
+    f = line.split()
+    if len(f) >= 5 and f[0][0].isdigit() and f[-1] != "total":
+        rows.append((int(f[3]) / calls, f[-1]))
+rows.sort(reverse=True)
+shown = ", ".join(f"{n:.2f} {s}" for n, s in rows if n >= 0.05)
+print(f"{name:<10} {sum(n for n, _ in rows):5.2f} per call ({calls} calls): {shown}")
+PY
+}
+
+for config in plain realistic; do
+  audit=false
+  [[ $config == realistic ]] && audit=true
+  write_gateway_config "$TMP/$config" "$TMP/$config.json" "$audit"
+  TOOLGATE_ADMIN_TOKEN=bench "$GATEWAY" serve --config "$TMP/$config/toolgate.toml" \
+    2>"$TMP/$config/log" &
+  pid=$!
+  pids+=("$pid")
+  wait_for "$TMP/$config/log" 'listening on'
+  count "$config" "$pid" "$(listening_url "$TMP/$config/log")/mcp/http"
+done
+
+"$BIN/bare-proxy" --upstream "$UP" --port 0 --current-thread >"$TMP/bare.log" &
+bare=$!
+pids+=("$bare")
+wait_for "$TMP/bare.log" listening
+count bare-proxy "$bare" "$(grep -o 'http://[^ ]*' "$TMP/bare.log")"
