@@ -214,6 +214,32 @@ impl Session {
         Ok((status, text))
     }
 
+    /// Ends the session as a client should: a DELETE over HTTP (so the gateway and the
+    /// upstream free it now rather than when it idles out); a stdio server is killed on drop.
+    async fn close(self) -> Result<(), String> {
+        let Session::Http {
+            client,
+            url,
+            token,
+            session: Some(session),
+        } = self
+        else {
+            return Ok(());
+        };
+        let mut req = client
+            .delete(url.as_str())
+            .header("mcp-protocol-version", "2025-06-18")
+            .header("mcp-session-id", session);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("http {}", r.status().as_u16())),
+            Err(_) => Err("transport".into()),
+        }
+    }
+
     /// Sends a request and returns its response message (SSE answers are read to the end).
     async fn call_raw(&mut self, body: &str) -> Result<Value, String> {
         match self {
@@ -324,6 +350,9 @@ async fn drive(
             },
             Err(kind) => *errors.entry(kind).or_default() += 1,
         }
+    }
+    if let Err(e) = session.close().await {
+        *errors.entry(format!("close: {e}")).or_default() += 1;
     }
     let mut t = tally.lock().await;
     t.ok += ok;
