@@ -2,26 +2,29 @@
 # Instructions the gateway executes per tools/call, counted by callgrind: repeatable for the
 # same binary and inputs whatever else the machine is doing, so it is the number to compare
 # before and after a change to the request path (wall-clock runs on this machine drift by
-# 20% between consecutive runs). One session, HTTP upstream, every thread of the gateway
-# counted (the audit writer included), start-up and warm-up excluded, logging at the default
-# level (info: each request has its span).
+# 20% between consecutive runs). One session (SESSIONS to change), HTTP upstream, every
+# thread of the gateway counted (the audit writer included), start-up and warm-up excluded,
+# logging at the default level (info: each request has its span).
 #
 #   bash bench/scripts/instructions.sh [TOOLGATE_BINARY]
 #   TOOLGATE_LOG=warn,toolgate=info,toolgate::downstream=warn bash bench/scripts/instructions.sh
 #                                    # the same without the request span (the difference is
 #                                    # what the span costs; "listening on" must still log)
+#   SESSIONS=64 bash bench/scripts/instructions.sh   # under load: rounds of audit records,
+#                                    # fewer idle wake-ups (the runtime count stays one)
 #
 # Prints one line per configuration: "plain" (allow-all policy, audit off), "realistic"
 # (bench/realistic-policy.py, audit on), and "bare-proxy" (the floor: toolgate's HTTP stack
 # doing nothing else, on one single-threaded runtime). The gateway's calls are the decisions
 # callgrind counted (every POST: the session's initialize and notification too); bare-proxy
 # decides nothing, so its calls are the load generator's count of tools/calls (the session's
-# two opening requests are left out: well under 0.1% of the thousands counted). Needs
-# valgrind.
+# two opening requests and its closing DELETE are left out: well under 0.1% of the thousands
+# counted at one session, about 2% at 64). Needs valgrind.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 2; }
 GATEWAY=${1:-target/release/toolgate}
+SESSIONS=${SESSIONS:-1}
 source bench/lib.sh
 start_fast_upstream
 echo '{"version": "1", "default": "allow"}' >"$TMP/plain.json"
@@ -30,9 +33,9 @@ python3 bench/realistic-policy.py "$TMP/realistic.json"
 # Counts the process PID under callgrind (writing DUMP.*) while the load generator drives URL:
 # a warm-up, then a counted run. Sets TOTAL (instructions), LOADGEN_CALLS and DUMP_FILE.
 measure() { # pid url dump
-  "$BIN/loadgen" --url "$2" --duration 1 --warmup 0.5 --name warm >/dev/null
+  "$BIN/loadgen" --url "$2" --sessions "$SESSIONS" --duration 1 --warmup 0.5 --name warm >/dev/null
   callgrind_control -z "$1" >/dev/null 2>&1
-  LOADGEN_CALLS=$("$BIN/loadgen" --url "$2" --duration 4 --warmup 0 --name count |
+  LOADGEN_CALLS=$("$BIN/loadgen" --url "$2" --sessions "$SESSIONS" --duration 4 --warmup 0 --name count |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["calls"])')
   callgrind_control -d "$1" >/dev/null 2>&1
   kill "$1"
