@@ -37,6 +37,13 @@ start_fast_upstream() {
   UP=$(grep -o 'http://[^ ]*' "$TMP/upstream.log")
 }
 
+# The two policies the benchmarks compare: $TMP/plain.json (allow-all) and
+# $TMP/realistic.json (bench/realistic-policy.py: 60 tools, deny_if conditions, two limits).
+write_policies() {
+  echo '{"version": "1", "default": "allow"}' >"$TMP/plain.json"
+  python3 bench/realistic-policy.py "$TMP/realistic.json"
+}
+
 # A gateway configuration at DIR/toolgate.toml: the fast upstream as server "http" with
 # POLICY, reached by an anonymous loopback grant, audit on or off.
 write_gateway_config() { # dir policy-file audit-enabled

@@ -84,8 +84,7 @@ NGINX
   NGINX=http://127.0.0.1:$NGINX_PORT/mcp
 fi
 
-echo '{"version": "1", "default": "allow"}' >"$TMP/plain.json"
-python3 bench/realistic-policy.py "$TMP/realistic.json"
+write_policies
 
 start_gateway_info() { # name policy-file audit-enabled
   local dir=$TMP/$1

@@ -16,8 +16,7 @@ B=$(realpath "$2")
 cd "$(dirname "$0")/../.."
 source bench/lib.sh
 start_fast_upstream
-echo '{"version": "1", "default": "allow"}' >"$TMP/plain.json"
-python3 bench/realistic-policy.py "$TMP/realistic.json"
+write_policies
 
 start() { # name binary policy audit -> prints "pid url"
   local dir=$TMP/$1

@@ -27,8 +27,7 @@ GATEWAY=${1:-target/release/toolgate}
 SESSIONS=${SESSIONS:-1}
 source bench/lib.sh
 start_fast_upstream
-echo '{"version": "1", "default": "allow"}' >"$TMP/plain.json"
-python3 bench/realistic-policy.py "$TMP/realistic.json"
+write_policies
 
 # Counts the process PID under callgrind (writing DUMP.*) while the load generator drives URL:
 # a warm-up, then a counted run. Sets TOTAL (instructions), LOADGEN_CALLS and DUMP_FILE.

@@ -17,8 +17,7 @@ GATEWAY=${1:-target/release/toolgate}
 SESSIONS=${SESSIONS:-1}
 source bench/lib.sh
 start_fast_upstream
-echo '{"version": "1", "default": "allow"}' >"$TMP/plain.json"
-python3 bench/realistic-policy.py "$TMP/realistic.json"
+write_policies
 # strace writes under a directory of its own: the gateway watches the policies' directory.
 mkdir -p "$TMP/strace"
 
