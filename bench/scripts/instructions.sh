@@ -16,7 +16,8 @@
 # Prints one line per configuration: "plain" (allow-all policy, audit off), "realistic"
 # (bench/realistic-policy.py, audit on), and "bare-proxy" (the floor: toolgate's HTTP stack
 # doing nothing else, on one single-threaded runtime). The gateway's calls are the decisions
-# callgrind counted (every POST: the session's initialize and notification too); bare-proxy
+# callgrind counted (every POST: the session's initialize and notification too; its closing
+# DELETE is not a decision, but its instructions are in the total); bare-proxy
 # decides nothing, so its calls are the load generator's count of tools/calls (the session's
 # two opening requests and its closing DELETE are left out: well under 0.1% of the thousands
 # counted at one session, about 2% at 64). Needs valgrind.

@@ -4,12 +4,15 @@
 # (the HTTP stack alone). At one session a proxy's latency is the CPU on the request's path,
 # and about half of that is the kernel's, so a system call more or less per call shows here
 # before it shows in a noisy wall-clock run. Every thread of the process is counted (the
-# audit writer included); the counts are divided by the load generator's calls.
+# audit writer included); the counts are divided by the load generator's tools/calls. Each
+# session's opening (connect, initialize, notification) and closing DELETE fall inside the
+# count too: nothing at one session, a few tenths per call at 64.
 #
 #   bash bench/scripts/syscalls.sh [TOOLGATE_BINARY]
 #   SESSIONS=64 bash bench/scripts/syscalls.sh
 #
-# Needs strace. strace slows the process it watches, so only the counts mean anything here.
+# Needs strace, allowed to attach to a running process (root, or ptrace_scope 0). strace
+# slows the process it watches, so only the counts mean anything here.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v strace >/dev/null || { echo "needs strace (apt-get install strace)" >&2; exit 2; }
@@ -23,9 +26,10 @@ mkdir -p "$TMP/strace"
 
 count() { # name pid url
   "$BIN/loadgen" --url "$3" --sessions "$SESSIONS" --duration 1 --warmup 0.3 --name warm >/dev/null
-  strace -c -f -p "$2" -o "$TMP/strace/$1" 2>/dev/null &
+  strace -c -f -p "$2" -o "$TMP/strace/$1" 2>"$TMP/strace/$1.err" &
   local tracer=$!
   sleep 0.5
+  kill -0 "$tracer" 2>/dev/null || { echo "strace could not attach to $1:" >&2; cat "$TMP/strace/$1.err" >&2; exit 1; }
   local calls
   calls=$("$BIN/loadgen" --url "$3" --sessions "$SESSIONS" --duration 2 --warmup 0 --name "$1" |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["calls"])')
@@ -41,6 +45,8 @@ for line in open(path):
     f = line.split()
     if len(f) >= 5 and f[0][0].isdigit() and f[-1] != "total":
         rows.append((int(f[3]) / calls, f[-1]))
+if not rows:
+    sys.exit(f"{name}: strace counted no system calls ({path})")
 rows.sort(reverse=True)
 shown = ", ".join(f"{n:.2f} {s}" for n, s in rows if n >= 0.05)
 print(f"{name:<10} {sum(n for n, _ in rows):5.2f} per call ({calls} calls): {shown}")

@@ -49,7 +49,7 @@ pub async fn serve(
     threads: usize,
 ) -> std::io::Result<()> {
     let reaper = tokio::spawn(reap_idle_sessions(gw.clone()));
-    let armed = tokio::spawn(keep_timer_wheel_armed());
+    let armed = tokio::spawn(keep_timer_wheel_armed(gw.config.request_timeout));
     gw.start_background();
     let shutdown = gw.shutdown.clone();
     let grace = gw.config.shutdown_grace;
@@ -292,7 +292,7 @@ fn spawn_worker(
         .name(format!("toolgate-{n}"))
         .spawn(move || {
             runtime.block_on(async move {
-                tokio::spawn(keep_timer_wheel_armed());
+                tokio::spawn(keep_timer_wheel_armed(gw.config.request_timeout));
                 let shutdown = gw.shutdown.clone();
                 let serving = async move {
                     serve_connections(listener, gw, shutdown.cancelled_owned()).await;
@@ -309,14 +309,16 @@ fn spawn_worker(
     Ok(Worker { thread, drained })
 }
 
-/// Keeps a deadline at most a second away in the timer wheel of the runtime it runs on.
-/// Registering a timer that comes before the wheel's next deadline makes tokio wake its own
-/// I/O driver, even from the runtime's thread while it is busy (tokio-rs/tokio#5207): an
-/// eventfd write and one more epoll round. On a serving thread with nothing else timed, that
-/// was every call's request timeout (`bench/scripts/instructions.sh` and strace: one `write`
-/// per call). With this tick first in line, a timeout of a second or more never is.
-async fn keep_timer_wheel_armed() {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+/// Keeps a deadline no further away than `request_timeout` in the timer wheel of the runtime
+/// it runs on. Registering a timer that comes before the wheel's next deadline makes tokio
+/// wake its own I/O driver, even from the runtime's thread while it is busy
+/// (tokio-rs/tokio#5207): an eventfd write and one more epoll round. On a serving thread with
+/// nothing else timed, that was every call's request timeout (`bench/scripts/syscalls.sh`:
+/// one `write` per call more than `bare-proxy`). With this tick in the wheel, a call's timeout
+/// (now + `request_timeout`) never comes before it; the driver is still woken about once per
+/// tick, when the tick re-arms, and an idle thread wakes once per `request_timeout`.
+async fn keep_timer_wheel_armed(request_timeout: Duration) {
+    let mut tick = tokio::time::interval(request_timeout);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
