@@ -49,7 +49,6 @@ pub async fn serve(
     threads: usize,
 ) -> std::io::Result<()> {
     let reaper = tokio::spawn(reap_idle_sessions(gw.clone()));
-    let armed = tokio::spawn(keep_timer_wheel_armed(gw.config.request_timeout));
     gw.start_background();
     let shutdown = gw.shutdown.clone();
     let grace = gw.config.shutdown_grace;
@@ -92,7 +91,6 @@ pub async fn serve(
         _ = drained => tracing::warn!("shutdown grace of {grace:?} over; ending remaining calls"),
     }
     reaper.abort();
-    armed.abort();
     let sessions = gw.sessions.drain();
     let count = sessions.len();
     futures_util::future::join_all(sessions.iter().map(|s| s.close())).await;
@@ -219,15 +217,18 @@ async fn serve_connections(
     gw: Arc<Gateway>,
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    let request_timeout = gw.config.request_timeout;
     let routes = Routes {
         router: router(gw.clone()),
         gw,
     };
-    // Cannot fail: `Handed::accept` never returns an error.
     let routes = axum::ServiceExt::<axum::extract::Request>::into_make_service(routes);
-    let _ = axum::serve(listener, routes)
-        .with_graceful_shutdown(signal)
-        .await;
+    let serving = axum::serve(listener, routes).with_graceful_shutdown(signal);
+    tokio::select! {
+        // Cannot fail: `Handed::accept` never returns an error.
+        _ = serving => {}
+        () = keep_timer_wheel_armed(request_timeout) => {}
+    }
 }
 
 /// The router, with `POST /mcp/{server}` (every tools/call) sent straight to its handler:
@@ -292,7 +293,6 @@ fn spawn_worker(
         .name(format!("toolgate-{n}"))
         .spawn(move || {
             runtime.block_on(async move {
-                tokio::spawn(keep_timer_wheel_armed(gw.config.request_timeout));
                 let shutdown = gw.shutdown.clone();
                 let serving = async move {
                     serve_connections(listener, gw, shutdown.cancelled_owned()).await;
@@ -310,7 +310,7 @@ fn spawn_worker(
 }
 
 /// Keeps a deadline no further away than `request_timeout` in the timer wheel of the runtime
-/// it runs on. Registering a timer that comes before the wheel's next deadline makes tokio
+/// it runs on, while that runtime serves connections (`serve_connections`); never returns. Registering a timer that comes before the wheel's next deadline makes tokio
 /// wake its own I/O driver, even from the runtime's thread while it is busy
 /// (tokio-rs/tokio#5207): an eventfd write and one more epoll round. On a serving thread with
 /// nothing else timed, that was every call's request timeout (`bench/scripts/syscalls.sh`:

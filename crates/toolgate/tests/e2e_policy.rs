@@ -11,7 +11,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
 
 use common::*;
 use serde_json::value::RawValue;
@@ -441,16 +440,7 @@ const REFUSED: &str = "policy edit refused, the previous version stays in force"
 
 /// Waits until the gateway's log holds more than `before` lines with `what`.
 fn wait_for_log(gw: &Gateway, what: &str, before: usize) -> String {
-    let mut log = String::new();
-    let seen = poll_until(Duration::from_secs(10), || {
-        log = gw.log();
-        count(&log, what) > before
-    });
-    assert!(
-        seen,
-        "no new {what:?} in the gateway log within 10 s:\n{log}"
-    );
-    log
+    gw.log_when(&format!("new {what:?}"), |log| count(log, what) > before)
 }
 
 #[test]

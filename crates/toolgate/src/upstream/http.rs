@@ -95,7 +95,10 @@ pub struct HttpServer {
     /// What a request is sent to: origin-form (`/mcp`) for a plain-HTTP server, whose
     /// connections are this gateway's own; the whole URL for hyper-util's client.
     uri: http::Uri,
+    /// The server's configured headers (and Host), for every request.
     headers: http::HeaderMap,
+    /// The same plus a POST's fixed Content-Type and Accept, so that a call only clones them.
+    post_headers: http::HeaderMap,
     route: Route,
     /// How long a POST waits for its answer, and an event stream for its next event.
     request_timeout: Duration,
@@ -165,7 +168,7 @@ impl HttpServer {
         } else {
             let tls = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_platform_verifier()
-                .https_or_http()
+                .https_only()
                 .enable_http1()
                 .enable_http2()
                 .wrap_connector(http);
@@ -175,10 +178,20 @@ impl HttpServer {
             }));
             (route, uri)
         };
+        let mut post_headers = map.clone();
+        post_headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        post_headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
         HttpServer {
             name,
             uri,
             headers: map,
+            post_headers,
             route,
             request_timeout,
         }
@@ -203,13 +216,14 @@ impl HttpServer {
     fn request(
         &self,
         method: Method,
+        headers: &http::HeaderMap,
         session: Option<&HeaderValue>,
         body: Bytes,
     ) -> http::Request<Full<Bytes>> {
         let mut req = http::Request::new(Full::new(body));
         *req.method_mut() = method;
         *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
+        *req.headers_mut() = headers.clone();
         if let Some(id) = session {
             req.headers_mut().insert(SESSION_HEADER, id.clone());
         }
@@ -243,16 +257,8 @@ impl HttpServer {
         session: Option<&HeaderValue>,
         out: &Outbound<'_>,
     ) -> (Reply, Option<HeaderValue>) {
-        let mut req = self.request(Method::POST, session, out.body.clone());
+        let mut req = self.request(Method::POST, &self.post_headers, session, out.body.clone());
         let headers = req.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("application/json, text/event-stream"),
-        );
         for (name, value) in [
             (PROTOCOL_HEADER, out.protocol_version),
             (METHOD_HEADER, out.mcp_method),
@@ -287,7 +293,7 @@ impl HttpServer {
         last_event_id: Option<&HeaderValue>,
         protocol_version: Option<&HeaderValue>,
     ) -> Reply {
-        let mut req = self.request(Method::GET, session, Bytes::new());
+        let mut req = self.request(Method::GET, &self.headers, session, Bytes::new());
         let headers = req.headers_mut();
         headers.insert(
             header::ACCEPT,
@@ -314,7 +320,7 @@ impl HttpServer {
 
     /// Ends the upstream session (best effort: the agent's session is gone either way).
     pub async fn delete(&self, session: &HeaderValue, protocol_version: Option<&HeaderValue>) {
-        let mut req = self.request(Method::DELETE, Some(session), Bytes::new());
+        let mut req = self.request(Method::DELETE, &self.headers, Some(session), Bytes::new());
         if let Some(v) = protocol_version {
             req.headers_mut().insert(PROTOCOL_HEADER, v.clone());
         }
@@ -438,9 +444,9 @@ fn ensure_response(
     limit: Duration,
 ) -> futures_util::stream::BoxStream<'static, Event> {
     let id: Arc<str> = id.into();
-    futures_util::stream::unfold((Some(events), false), move |(events, answered)| {
-        let id = id.clone();
-        async move {
+    futures_util::stream::unfold(
+        (Some(events), false, id),
+        move |(events, answered, id)| async move {
             let mut events = events?;
             let next = if answered {
                 Ok(events.next().await)
@@ -450,7 +456,7 @@ fn ensure_response(
             let (code, message) = match next {
                 Ok(Some(event)) => {
                     let answered = answered || answers(&event, &id);
-                    return Some((event, (Some(events), answered)));
+                    return Some((event, (Some(events), answered, id)));
                 }
                 Ok(None) if answered => return None,
                 Ok(None) => (
@@ -463,9 +469,9 @@ fn ensure_response(
                 ),
             };
             let error = jsonrpc::error_response(Some(&id), code, message);
-            Some((Event::message(error), (None, true)))
-        }
-    })
+            Some((Event::message(error), (None, true, id)))
+        },
+    )
     .boxed()
 }
 
@@ -656,7 +662,8 @@ mod tests {
     }
 
     /// An event stream that goes quiet before the response ends with a timeout error for the
-    /// request; one that ends before it, with an error that says so.
+    /// request; one that ends before it (another request's response is not it), with an error
+    /// that says so.
     #[tokio::test]
     async fn a_stream_without_its_response_ends_with_an_error() {
         let progress = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#;
@@ -670,12 +677,16 @@ mod tests {
         assert_eq!(relayed[0].data, progress);
         assert_eq!(error_code(&relayed[1]), jsonrpc::REQUEST_TIMEOUT);
 
-        let ended = futures_util::stream::iter([message(progress)]).boxed();
-        let relayed: Vec<Event> = ensure_response(ended, "7", Duration::from_secs(5))
-            .collect()
-            .await;
-        assert_eq!(relayed.len(), 2);
-        assert_eq!(error_code(&relayed[1]), jsonrpc::INTERNAL_ERROR);
+        // Ended after a notification, or after another request's response (not this one's).
+        let other = r#"{"jsonrpc":"2.0","id":8,"result":{}}"#;
+        for last in [progress, other] {
+            let ended = futures_util::stream::iter([message(last)]).boxed();
+            let relayed: Vec<Event> = ensure_response(ended, "7", Duration::from_secs(5))
+                .collect()
+                .await;
+            assert_eq!(relayed.len(), 2, "{last}");
+            assert_eq!(error_code(&relayed[1]), jsonrpc::INTERNAL_ERROR, "{last}");
+        }
     }
 
     /// Once the response has come, a stream the upstream leaves open is not timed: no second
@@ -692,15 +703,6 @@ mod tests {
             response
         );
         assert!(next_soon(&mut relayed).await.is_none(), "a second answer");
-
-        // Another request's response is not this one's.
-        let other = r#"{"jsonrpc":"2.0","id":8,"result":{}}"#;
-        let ended = futures_util::stream::iter([message(other)]).boxed();
-        let relayed: Vec<Event> = ensure_response(ended, "7", Duration::from_secs(5))
-            .collect()
-            .await;
-        assert_eq!(relayed.len(), 2);
-        assert_eq!(error_code(&relayed[1]), jsonrpc::INTERNAL_ERROR);
     }
 
     #[test]

@@ -13,7 +13,6 @@
 //!
 //! `https://` servers keep hyper-util's client: TLS, and HTTP/2 where the server offers it.
 
-use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
@@ -40,7 +39,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Each thread's idle connections to one server, the most recently used last.
-type IdleSets = ThreadLocal<Mutex<VecDeque<Idle>>>;
+type IdleSets = ThreadLocal<Mutex<Vec<Idle>>>;
 
 /// The connections to one plain-HTTP server.
 pub struct Pool {
@@ -164,7 +163,7 @@ impl Pool {
     /// request was queued, and hyper then hands the request back unsent.
     fn checkout(&self) -> Option<Box<Conn>> {
         let mut idle = self.idle.get()?.lock().expect("idle connections");
-        let newest = idle.pop_back()?;
+        let newest = idle.pop()?;
         if newest.expired(Instant::now()) {
             // The rest idled longer still.
             idle.clear();
@@ -188,18 +187,15 @@ impl Pool {
 
     /// Starts `sweep` on the runtime of the first connection, once.
     fn start_sweeping(&self) {
-        use std::sync::atomic::Ordering;
-        if self.sweeping.load(Ordering::Relaxed) {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if self.sweeping.swap(true, Ordering::Relaxed) {
+        // Called after a connect, which ran on a runtime: there is one to spawn on.
+        if self
+            .sweeping
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             return;
         }
         let idle = Arc::downgrade(&self.idle);
-        runtime.spawn(async move {
+        tokio::spawn(async move {
             let mut every = tokio::time::interval(SWEEP_EVERY);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -225,7 +221,7 @@ fn sweep(idle: &IdleSets, now: Instant) {
 }
 
 /// The address of an idle set: which thread a connection belongs to.
-fn address(set: &Mutex<VecDeque<Idle>>) -> usize {
+fn address(set: &Mutex<Vec<Idle>>) -> usize {
     std::ptr::from_ref(set) as usize
 }
 
@@ -288,7 +284,7 @@ impl DrivenBody {
         };
         let set = self.idle.get_or_default();
         if conn.reusable(cx) && (conn.home == ANYWHERE || conn.home == address(set)) {
-            set.lock().expect("idle connections").push_back(Idle {
+            set.lock().expect("idle connections").push(Idle {
                 conn,
                 since: Instant::now(),
             });

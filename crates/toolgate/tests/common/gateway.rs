@@ -100,20 +100,22 @@ impl Gateway {
         self.process.stderr()
     }
 
-    /// The log, once a line of it satisfies `line`. The gateway may answer a call before its
-    /// log line about that call has come through the pipe, so a test that looks for one waits
-    /// for it (10 s) rather than reading the log once.
-    pub fn log_with_line(&self, what: &str, line: impl Fn(&str) -> bool) -> String {
+    /// The log, once it satisfies `cond` (`what` names the wait in the failure). The gateway
+    /// may answer a call before its log line about that call has come through the pipe, so a
+    /// test that looks for one waits for it (10 s) rather than reading the log once.
+    pub fn log_when(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
         let mut log = String::new();
         let seen = poll_until(Duration::from_secs(10), || {
             log = self.log();
-            log.lines().any(&line)
+            cond(&log)
         });
-        assert!(
-            seen,
-            "no line with {what} in the gateway log within 10 s:\n{log}"
-        );
+        assert!(seen, "no {what} in the gateway log within 10 s:\n{log}");
         log
+    }
+
+    /// The log, once a line of it satisfies `line` (see `log_when`).
+    pub fn log_with_line(&self, what: &str, line: impl Fn(&str) -> bool) -> String {
+        self.log_when(what, |log| log.lines().any(&line))
     }
 
     /// A POST to `/mcp/{server}` with the MCP content headers set.
