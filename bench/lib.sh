@@ -29,12 +29,22 @@ listening_url() { # log file
   grep -o 'listening on http://127.0.0.1:[0-9]*' "$1" | head -1 | grep -o 'http://.*'
 }
 
+# The URL a bench binary (fast-upstream, bare-proxy) printed ("listening on http://...").
+printed_url() { # log file
+  grep -o 'http://[^ ]*' "$1" | head -1
+}
+
+# The number of tools/calls in a loadgen report (read from stdin).
+loadgen_calls() {
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["calls"])'
+}
+
 # Starts bench/src/bin/fast_upstream.rs over HTTP; sets UP to its MCP endpoint.
 start_fast_upstream() {
   "$BIN/fast-upstream" --port 0 >"$TMP/upstream.log" &
   pids+=($!)
   wait_for "$TMP/upstream.log" listening
-  UP=$(grep -o 'http://[^ ]*' "$TMP/upstream.log")
+  UP=$(printed_url "$TMP/upstream.log")
 }
 
 # The two policies the benchmarks compare: $TMP/plain.json (allow-all) and

@@ -45,14 +45,14 @@ start_fast_upstream
 pids+=($!)
 BARE_PID=$!
 wait_for "$TMP/bare.log" listening
-BARE=$(grep -o 'http://[^ ]*' "$TMP/bare.log")
+BARE=$(printed_url "$TMP/bare.log")
 # The same on one single-threaded runtime: toolgate runs one such runtime per core, so at one
 # session this is the floor of its own model.
 "$BIN/bare-proxy" --upstream "$UP" --port 0 --current-thread >"$TMP/bare1.log" &
 pids+=($!)
 BARE1_PID=$!
 wait_for "$TMP/bare1.log" listening
-BARE1=$(grep -o 'http://[^ ]*' "$TMP/bare1.log")
+BARE1=$(printed_url "$TMP/bare1.log")
 
 NGINX=
 if command -v nginx >/dev/null; then

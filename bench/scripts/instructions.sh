@@ -36,7 +36,7 @@ measure() { # pid url dump
   "$BIN/loadgen" --url "$2" --sessions "$SESSIONS" --duration 1 --warmup 0.5 --name warm >/dev/null
   callgrind_control -z "$1" >/dev/null 2>&1
   LOADGEN_CALLS=$("$BIN/loadgen" --url "$2" --sessions "$SESSIONS" --duration 4 --warmup 0 --name count |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["calls"])')
+    loadgen_calls)
   callgrind_control -d "$1" >/dev/null 2>&1
   kill "$1"
   wait "$1" 2>/dev/null || true
@@ -76,5 +76,5 @@ valgrind --tool=callgrind --callgrind-out-file="$TMP/bare.cg.out" \
 bare=$!
 pids+=("$bare")
 wait_for "$TMP/bare.log" listening 600
-measure "$bare" "$(grep -o 'http://[^ ]*' "$TMP/bare.log")" "$TMP/bare.cg.out"
+measure "$bare" "$(printed_url "$TMP/bare.log")" "$TMP/bare.cg.out"
 report bare-proxy "$LOADGEN_CALLS"

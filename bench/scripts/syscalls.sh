@@ -32,7 +32,7 @@ count() { # name pid url
   kill -0 "$tracer" 2>/dev/null || { echo "strace could not attach to $1:" >&2; cat "$TMP/strace/$1.err" >&2; exit 1; }
   local calls
   calls=$("$BIN/loadgen" --url "$3" --sessions "$SESSIONS" --duration 2 --warmup 0 --name "$1" |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["calls"])')
+    loadgen_calls)
   kill -INT "$tracer"
   wait "$tracer" 2>/dev/null || true
   [[ $calls -gt 0 ]] || { echo "$1: no calls counted" >&2; exit 1; }
@@ -69,4 +69,4 @@ done
 bare=$!
 pids+=("$bare")
 wait_for "$TMP/bare.log" listening
-count bare-proxy "$bare" "$(grep -o 'http://[^ ]*' "$TMP/bare.log")"
+count bare-proxy "$bare" "$(printed_url "$TMP/bare.log")"

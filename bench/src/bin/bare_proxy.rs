@@ -2,7 +2,9 @@
 //! POST to the upstream with the same client (toolgate's own pool of HTTP/1 connections,
 //! `toolgate::upstream::http1`) and server (hyper under `axum::serve`, one handler and no
 //! router, as toolgate serves `POST /mcp/{server}`) as toolgate, and does nothing else - no
-//! parsing, no policy, no sessions, no audit.
+//! parsing, no policy, no sessions, no audit. Whatever the path, a request is forwarded as a
+//! POST to the upstream's MCP endpoint, except a DELETE (a session's close), which it answers
+//! 200 itself.
 //!
 //! `bench/run.sh` measures it beside toolgate so that "what toolgate adds" can be split into
 //! what any proxy on this machine's loopback costs and what toolgate's own work costs.
