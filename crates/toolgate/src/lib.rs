@@ -14,6 +14,7 @@
 //! - `policies`: policy files, compiled once per version, watched and swapped atomically.
 //! - `session`: the session table, grant binding, idle expiry.
 //! - `telemetry`: Prometheus metrics.
+//! - `logging`: the request span's fields, formatted once for the log.
 //! - `state`: the state store (grants, policy versions): SQLite under `state_dir`.
 //! - `downstream`: the agent-facing transports (`http`: Streamable HTTP; `rebinding`: Host/Origin).
 //! - `upstream`: the server-facing transports (`stdio` children, `http` Streamable HTTP, its
@@ -35,6 +36,7 @@ pub mod downstream;
 pub mod gateway;
 pub mod grants;
 pub mod jsonrpc;
+pub mod logging;
 pub mod media;
 pub mod pipeline;
 pub mod policies;

@@ -479,6 +479,7 @@ async fn serve(cfg: Config, json_logs: bool) -> Result<(), String> {
 }
 
 fn init_logging(format: LogFormat) {
+    use toolgate::logging::{FieldFormat, RequestSpanFields};
     use tracing_subscriber::prelude::*;
     // Colours only on a terminal, and not there either under NO_COLOR: a log file or collector
     // gets plain text (and each request's span is formatted without escape codes, which is
@@ -489,11 +490,16 @@ fn init_logging(format: LogFormat) {
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(colour)
         .with_writer(std::io::stderr);
-    let fmt = match format {
-        LogFormat::Text => fmt.boxed(),
-        LogFormat::Json => fmt.json().boxed(),
+    let (fmt, fields) = match format {
+        LogFormat::Text => (fmt.boxed(), FieldFormat::Text),
+        LogFormat::Json => (fmt.json().boxed(), FieldFormat::Json),
     };
-    let registry = tracing_subscriber::registry().with(fmt);
+    // Below the fmt layer: each request span's fields are formatted before it sees them
+    // (not with colours, which paint the field names).
+    let request_fields = (!colour).then(|| RequestSpanFields::new(fields));
+    let registry = tracing_subscriber::registry()
+        .with(request_fields)
+        .with(fmt);
     match log_filter(std::env::var("TOOLGATE_LOG").ok()) {
         LogFilter::Targets(targets) => registry.with(*targets).init(),
         LogFilter::Env(filter) => registry.with(*filter).init(),

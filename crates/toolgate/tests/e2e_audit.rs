@@ -380,7 +380,7 @@ fn calls_through_an_http_upstream_are_recorded_streamed_or_failed() {
         "{r}"
     );
     // The text log: the warning inside the span `request{request_id=...}`.
-    let in_span = format!("request_id={}", failed.request_id);
+    let in_span = format!("request_id=\"{}\"", failed.request_id);
     gw.log_with_line(&format!("the warning in the span of {in_span}"), |l| {
         l.contains(&in_span) && l.contains("upstream request failed")
     });

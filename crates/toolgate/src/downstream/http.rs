@@ -55,10 +55,7 @@ pub async fn post(
 /// without the router).
 pub async fn post_to(gw: Arc<Gateway>, server: String, request: Request) -> Response {
     let request_id = new_request_id();
-    let span = tracing::info_span!("request", request_id = %request_id, server = %server, method = tracing::field::Empty);
-    let mut response = handle_post(gw, server, request, &request_id)
-        .instrument(span)
-        .await;
+    let mut response = handle_post(gw, server, request, &request_id).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", v);
     }
@@ -66,7 +63,10 @@ pub async fn post_to(gw: Arc<Gateway>, server: String, request: Request) -> Resp
 }
 
 /// The POST path: every refusal is audited, and a `tools/call`'s record is written before
-/// its answer leaves.
+/// its answer leaves. What is logged while a request is handled is logged in its span,
+/// `request{request_id server method}`. The span opens once the method is known, so its
+/// fields are written once (`crate::logging`); nothing before that logs, except a refusal's
+/// audit record, which gets a span without the method.
 async fn handle_post(
     gw: Arc<Gateway>,
     server: String,
@@ -75,10 +75,15 @@ async fn handle_post(
 ) -> Response {
     let mut trail = Trail::start(&server, request_id);
     let (parts, body) = request.into_parts();
-    macro_rules! refuse {
+    macro_rules! refuse_unread {
         ($r:expr) => {{
             let r = $r;
-            trail.refused(&gw, &r).await;
+            let span = tracing::info_span!(
+                crate::logging::REQUEST_SPAN,
+                request_id = request_id,
+                server = server.as_str()
+            );
+            trail.refused(&gw, &r).instrument(span).await;
             return r.into_response();
         }};
     }
@@ -89,13 +94,13 @@ async fn handle_post(
         parts.uri.authority().map(|a| a.as_str()),
     ) {
         Ok(g) => g,
-        Err(r) => refuse!(r),
+        Err(r) => refuse_unread!(r),
     };
     trail.grant(&grant);
     if let Some(ct) = parts.headers.get(header::CONTENT_TYPE)
         && !crate::media::is(ct.to_str().unwrap_or(""), "application/json")
     {
-        refuse!(Refused::new(
+        refuse_unread!(Refused::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             jsonrpc::INVALID_REQUEST,
             "Unsupported Media Type: Content-Type must be application/json",
@@ -103,14 +108,41 @@ async fn handle_post(
     }
     let body = match read_body(body, &parts.headers, gw.config.max_body_bytes).await {
         Ok(b) => b,
-        Err(r) => refuse!(r),
+        Err(r) => refuse_unread!(r),
     };
     let msg = match pipeline::read_message(&body) {
         Ok(m) => m,
-        Err(r) => refuse!(r),
+        Err(r) => refuse_unread!(r),
     };
     trail.method(msg.envelope.method());
-    tracing::Span::current().record("method", msg.envelope.method());
+    let span = tracing::info_span!(
+        crate::logging::REQUEST_SPAN,
+        request_id = request_id,
+        server = server.as_str(),
+        method = msg.envelope.method()
+    );
+    handle_message(gw, server, grant, parts, &body, msg, trail)
+        .instrument(span)
+        .await
+}
+
+/// The rest of the POST path, from a message that parsed.
+async fn handle_message(
+    gw: Arc<Gateway>,
+    server: String,
+    grant: Arc<crate::grants::Grant>,
+    parts: http::request::Parts,
+    body: &Bytes,
+    msg: pipeline::Message<'_>,
+    mut trail: Trail,
+) -> Response {
+    macro_rules! refuse {
+        ($r:expr) => {{
+            let r = $r;
+            trail.refused(&gw, &r).await;
+            return r.into_response();
+        }};
+    }
     if let Err(r) = pipeline::check_transport_headers(&parts.headers, &msg) {
         refuse!(r);
     }
@@ -131,7 +163,7 @@ async fn handle_post(
         &server,
         &parts.headers,
         grant,
-        &body,
+        body,
         &msg,
         binding,
         verdict,
