@@ -65,7 +65,7 @@ pub struct Audit {
     rounds: thread_local::ThreadLocal<Arc<std::sync::Mutex<Round>>>,
     tx: Option<mpsc::Sender<Job>>,
     depth: Arc<AtomicUsize>,
-    pub redactor: Redactor,
+    pub redactor: Arc<Redactor>,
     pub arguments: ArgumentsMode,
     pub dir: PathBuf,
 }
@@ -123,7 +123,7 @@ impl Query {
 impl Audit {
     /// Opens the journal (starting its writer) or, when disabled, a sink that records nothing.
     pub fn open(opts: Options) -> Result<Audit, AuditConfigError> {
-        let redactor = Redactor::new(&opts.secret_patterns).map_err(AuditConfigError)?;
+        let redactor = Arc::new(Redactor::new(&opts.secret_patterns).map_err(AuditConfigError)?);
         let depth = Arc::new(AtomicUsize::new(0));
         let mut audit = Audit {
             rounds: thread_local::ThreadLocal::new(),
