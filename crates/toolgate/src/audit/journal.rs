@@ -424,7 +424,7 @@ impl Writer {
             for record in batch.iter_mut().flat_map(|job| &mut job.records) {
                 self.seq += 1;
                 record.seq = self.seq;
-                serde_json::to_writer(&mut buf, &*record).expect("records serialize");
+                record.write_json(&mut buf);
                 buf.push(b'\n');
                 count += 1;
             }
