@@ -179,8 +179,14 @@ impl JsonLine<'_> {
 /// A call's record keeps the arguments the policy read (shared, not copied) and masks them
 /// while the writer serialises it: a masked copy, built and freed on the serving thread, cost
 /// about 1,700 instructions more per call (`bench/scripts/instructions.sh`, realistic).
+///
+/// Opaque: it is made only by [`Redactor::arguments`] (masked) or read back from a journal, so
+/// raw arguments cannot leave through it.
 #[derive(Clone)]
-pub enum RecordedArguments {
+pub struct RecordedArguments(Recorded);
+
+#[derive(Clone)]
+enum Recorded {
     Call {
         arguments: Arc<Value>,
         redactor: Arc<Redactor>,
@@ -193,19 +199,17 @@ pub enum RecordedArguments {
 impl RecordedArguments {
     /// The arguments as they are (or were) written.
     pub fn to_value(&self) -> Value {
-        match self {
-            RecordedArguments::Call { .. } => {
-                serde_json::to_value(self).expect("JSON values serialise")
-            }
-            RecordedArguments::Written(v) => v.clone(),
+        match &self.0 {
+            Recorded::Call { .. } => serde_json::to_value(self).expect("JSON values serialise"),
+            Recorded::Written(v) => v.clone(),
         }
     }
 }
 
 impl Serialize for RecordedArguments {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            RecordedArguments::Call {
+        match &self.0 {
+            Recorded::Call {
                 arguments,
                 redactor,
                 cut,
@@ -215,14 +219,14 @@ impl Serialize for RecordedArguments {
                 cut: *cut,
             }
             .serialize(s),
-            RecordedArguments::Written(v) => v.serialize(s),
+            Recorded::Written(v) => v.serialize(s),
         }
     }
 }
 
 impl<'de> Deserialize<'de> for RecordedArguments {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Value::deserialize(d).map(RecordedArguments::Written)
+        Value::deserialize(d).map(|v| RecordedArguments(Recorded::Written(v)))
     }
 }
 
@@ -382,11 +386,11 @@ impl Redactor {
             ArgumentsMode::Redacted => true,
             ArgumentsMode::Full => false,
         };
-        Some(RecordedArguments::Call {
+        Some(RecordedArguments(Recorded::Call {
             arguments: args.clone(),
             redactor: self.clone(),
             cut,
-        })
+        }))
     }
 }
 
@@ -534,6 +538,30 @@ mod tests {
     }
 
     #[test]
+    fn masking_writes_exactly_this() {
+        let r = Arc::new(Redactor::new(&[]).unwrap());
+        let args = Arc::new(json!({
+            "token_count": 5,
+            "auth": {"user": "u", "n": [1, 2]},
+            "items": [{"password": "p", "name": "n"}, "Bearer abcdefghijklmnop", 3, null],
+            "note": "before Bearer abcdefghijklmnop after",
+            "ok": true,
+        }));
+        let want = r#"{"auth":"[REDACTED]","items":[{"name":"n","password":"[REDACTED]"},"[REDACTED]",3,null],"note":"before [REDACTED] after","ok":true,"token_count":"[REDACTED]"}"#;
+        for mode in [ArgumentsMode::Redacted, ArgumentsMode::Full] {
+            let out = serde_json::to_string(&r.arguments(&args, mode).unwrap()).unwrap();
+            assert_eq!(out, want, "{mode:?}");
+        }
+        let long = Arc::new(json!({"s": "é".repeat(300)}));
+        let cut =
+            serde_json::to_string(&r.arguments(&long, ArgumentsMode::Redacted).unwrap()).unwrap();
+        assert_eq!(
+            cut,
+            format!(r#"{{"s":"{}… (300 chars)"}}"#, "é".repeat(256))
+        );
+    }
+
+    #[test]
     fn redacted_cuts_long_strings_full_does_not() {
         let r = Arc::new(Redactor::new(&[]).unwrap());
         let long = "x".repeat(1000);
@@ -609,11 +637,26 @@ mod tests {
             message: Some(String::new()),
         };
         let written = AuditRecord {
-            arguments: Some(RecordedArguments::Written(json!([1, "two"]))),
+            arguments: Some(RecordedArguments(Recorded::Written(json!([1, "two"])))),
             outcome: Some(Outcome::Deny),
             ..AuditRecord::default()
         };
-        for record in [empty, full, written] {
+        let mut records = vec![empty, full, written];
+        // Every outcome's name, and the other modes' arguments.
+        for (outcome, mode) in [
+            (Outcome::Allow, ArgumentsMode::Full),
+            (Outcome::Hidden, ArgumentsMode::Keys),
+            (Outcome::Unknown, ArgumentsMode::Redacted),
+            (Outcome::Limited, ArgumentsMode::Full),
+            (Outcome::Refused, ArgumentsMode::Redacted),
+        ] {
+            records.push(AuditRecord {
+                outcome: Some(outcome),
+                arguments: r.arguments(&Arc::new(json!({"long": "é".repeat(300)})), mode),
+                ..AuditRecord::default()
+            });
+        }
+        for record in records {
             let mut line = Vec::new();
             record.write_json(&mut line);
             assert_eq!(

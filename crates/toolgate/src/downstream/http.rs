@@ -65,8 +65,9 @@ pub async fn post_to(gw: Arc<Gateway>, server: String, request: Request) -> Resp
 /// The POST path: every refusal is audited, and a `tools/call`'s record is written before
 /// its answer leaves. What is logged while a request is handled is logged in its span,
 /// `request{request_id server method}`. The span opens once the method is known, so its
-/// fields are written once (`crate::logging`); nothing before that logs, except a refusal's
-/// audit record, which gets a span without the method.
+/// fields are written once (`crate::logging`); nothing of toolgate's logs before that, except
+/// a refusal's audit record, which gets a span without the method. (hyper's and axum's own
+/// debug events while the body is read carry no request id.)
 async fn handle_post(
     gw: Arc<Gateway>,
     server: String,
@@ -122,9 +123,10 @@ async fn handle_post(
         method = msg.envelope.method()
     );
     // Boxed: inline, it made each request's future (which `server::Routes` boxes) 7,904
-    // bytes instead of 6,120, and at that size jemalloc held twice the memory per idle
-    // session (9.0 -> 17.2 KiB, `bench/run.sh`; the heap itself was the same, by massif with
-    // the system allocator). Boxed, the request's future is 3,448 bytes, sessions 9.0 KiB.
+    // bytes instead of 6,120, and at that size jemalloc held about twice the memory per idle
+    // session (8.8 -> 16.8 KiB, `bench/run.sh`'s memory rows; the heap itself was the same,
+    // by massif with the system allocator). Boxed, the request's future is 3,448 bytes and a
+    // session 8.8 KiB again.
     Box::pin(handle_message(gw, server, grant, parts, &body, msg, trail))
         .instrument(span)
         .await

@@ -60,7 +60,8 @@ impl Trail {
     /// What the policy step decided about a `tools/call`.
     pub fn decided(&mut self, gw: &Gateway, d: &Decided) {
         self.record.tool = Some(d.tool.clone());
-        // The arguments are only for the record: with the audit off, no copy is made.
+        // The arguments are only for the record (shared, masked as it is written); with the
+        // audit off, the record does not hold them.
         if gw.audit.enabled() {
             self.record.argument_keys = argument_keys(&d.arguments);
             self.record.arguments = gw
