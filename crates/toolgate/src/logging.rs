@@ -4,10 +4,11 @@
 //! logged while it is handled says which request it belongs to. tracing-subscriber's fmt layer
 //! formats a new span's fields as it opens, through `fmt::Write` into a `String` that grows
 //! field by field: about 4,000 instructions per call more than this layer takes
-//! (`bench/scripts/instructions.sh`), for text that most requests never print. [`RequestSpanFields`] writes the same text into one
-//! allocation first, into the very extension the fmt layer keeps its formatted fields in; the
-//! fmt layer then finds it there and formats nothing. What gets printed does not change: a
-//! test compares the two, line for line.
+//! (`bench/scripts/instructions.sh`), for text that most requests never print.
+//! [`RequestSpanFields`] writes the same text into one allocation first, into the very
+//! extension the fmt layer keeps its formatted fields in; the fmt layer then finds it there and
+//! formats nothing. What gets printed does not change: a test compares the two, line for
+//! line.
 
 use std::fmt::Write as _;
 
@@ -17,7 +18,7 @@ use tracing::span::{Attributes, Id};
 use tracing_subscriber::fmt::FormattedFields;
 use tracing_subscriber::fmt::format::{DefaultFields, JsonFields};
 use tracing_subscriber::layer::{Context, Layer};
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::registry::{ExtensionsMut, LookupSpan};
 
 /// The name of each request's span (its fields must all be strings to be formatted here).
 pub const REQUEST_SPAN: &str = "request";
@@ -67,28 +68,22 @@ where
         if !fields.only_strings {
             return; // the fmt layer formats it, as it does every other span
         }
-        // `insert` panics on an extension that is already there: if anything formatted this
-        // span's fields first (the layers in another order), it keeps its text.
         let mut extensions = span.extensions_mut();
         match self.format {
-            FieldFormat::Text => {
-                if extensions
-                    .get_mut::<FormattedFields<DefaultFields>>()
-                    .is_none()
-                {
-                    extensions.insert(FormattedFields::<DefaultFields>::new(fields.out));
-                }
-            }
+            FieldFormat::Text => insert_once::<DefaultFields>(&mut extensions, fields.out),
             FieldFormat::Json => {
                 fields.out.push('}');
-                if extensions
-                    .get_mut::<FormattedFields<JsonFields>>()
-                    .is_none()
-                {
-                    extensions.insert(FormattedFields::<JsonFields>::new(fields.out));
-                }
+                insert_once::<JsonFields>(&mut extensions, fields.out);
             }
         }
+    }
+}
+
+/// Stores `text` as the span's fields formatted by `N`, unless something formatted them first
+/// (the layers in another order): `insert` panics on an extension that is already there.
+fn insert_once<N: 'static>(extensions: &mut ExtensionsMut<'_>, text: String) {
+    if extensions.get_mut::<FormattedFields<N>>().is_none() {
+        extensions.insert(FormattedFields::<N>::new(text));
     }
 }
 
@@ -123,7 +118,7 @@ impl Visit for Fields {
                 if !self.out.is_empty() {
                     self.out.push(' ');
                 }
-                self.out.push_str(field.name());
+                self.out.push_str(name);
                 self.out.push('=');
                 if Self::plain(value) {
                     self.out.push('"');
@@ -140,7 +135,7 @@ impl Visit for Fields {
                 if self.out.len() > 1 {
                     self.out.push(',');
                 }
-                self.push_json_string(field.name());
+                self.push_json_string(name);
                 self.out.push(':');
                 self.push_json_string(value);
             }

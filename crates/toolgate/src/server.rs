@@ -310,8 +310,9 @@ fn spawn_worker(
 }
 
 /// Keeps a deadline no further away than `request_timeout` in the timer wheel of the runtime
-/// it runs on, while that runtime serves connections (`serve_connections`); never returns. Registering a timer that comes before the wheel's next deadline makes tokio
-/// wake its own I/O driver, even from the runtime's thread while it is busy
+/// it runs on, while that runtime serves connections (`serve_connections`); never returns.
+/// Registering a timer that comes before the wheel's next deadline makes tokio wake its own
+/// I/O driver, even from the runtime's thread while it is busy
 /// (tokio-rs/tokio#5207): an eventfd write and one more epoll round. On a serving thread with
 /// nothing else timed, that was every call's request timeout (`bench/scripts/syscalls.sh`:
 /// one `write` per call more than `bare-proxy`). With this tick in the wheel, a call's timeout
