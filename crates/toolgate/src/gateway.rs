@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use dashmap::DashMap;
+use crate::HotMap;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, CounterBackend, TransportConfig};
@@ -62,7 +62,7 @@ pub struct Gateway {
     pub sessions: SessionTable,
     /// Children answering sessionless (2026-07-28) requests on stdio servers, one per grant
     /// so that grants never share a process.
-    pub stateless_stdio: DashMap<Arc<str>, Arc<StdioSession>>,
+    pub stateless_stdio: HotMap<Arc<str>, Arc<StdioSession>>,
     pub hosts: HostCheck,
     /// The audit trail.
     pub audit: crate::audit::Audit,
@@ -137,7 +137,7 @@ impl Gateway {
             hosts: HostCheck::new(&config),
             servers,
             sessions: SessionTable::default(),
-            stateless_stdio: DashMap::new(),
+            stateless_stdio: HotMap::default(),
             shutdown: CancellationToken::new(),
             config,
         };

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
+use crate::HotMap;
 
 use crate::grants::Grant;
 use crate::upstream::http::HttpSession;
@@ -44,14 +44,14 @@ pub enum SessionRefusal {
 }
 
 pub struct SessionTable {
-    sessions: DashMap<Arc<str>, Arc<Session>>,
+    sessions: HotMap<Arc<str>, Arc<Session>>,
     epoch: Instant,
 }
 
 impl Default for SessionTable {
     fn default() -> Self {
         SessionTable {
-            sessions: DashMap::new(),
+            sessions: HotMap::default(),
             epoch: Instant::now(),
         }
     }

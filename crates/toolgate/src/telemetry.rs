@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use dashmap::DashMap;
+use crate::HotMap;
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -49,7 +49,7 @@ pub struct ServerMetrics {
     pub decision: Histogram,
     pub upstream: Histogram,
     /// `toolgate_calls_total` by tool (a vouched-for name or `(other)`), then by outcome.
-    calls: DashMap<Box<str>, Vec<(&'static str, Counter)>>,
+    calls: HotMap<Box<str>, Vec<(&'static str, Counter)>>,
 }
 
 impl ServerMetrics {
@@ -72,7 +72,7 @@ impl ServerMetrics {
 /// A server's metric handles. Only configured servers get here (a request is admitted to
 /// one before anything of it is counted), so the set stays as small as the configuration.
 pub fn server(name: &str) -> Arc<ServerMetrics> {
-    static SERVERS: LazyLock<DashMap<Box<str>, Arc<ServerMetrics>>> = LazyLock::new(DashMap::new);
+    static SERVERS: LazyLock<HotMap<Box<str>, Arc<ServerMetrics>>> = LazyLock::new(HotMap::default);
     if let Some(m) = SERVERS.get(name) {
         return m.clone();
     }
@@ -83,7 +83,7 @@ pub fn server(name: &str) -> Arc<ServerMetrics> {
                 server: name.into(),
                 decision: metrics::histogram!(DECISION_SECONDS, "server" => name.to_string()),
                 upstream: metrics::histogram!(UPSTREAM_SECONDS, "server" => name.to_string()),
-                calls: DashMap::new(),
+                calls: HotMap::default(),
             })
         })
         .clone()

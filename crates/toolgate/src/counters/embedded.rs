@@ -16,20 +16,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use super::window::Counter;
 use super::{
     Clock, CounterKey, CounterStore, Limited, Need, Reservation, ReserveResult, window_ms,
 };
+use crate::HotMap;
 
 pub const SNAPSHOT_FILE: &str = "counters.json";
 /// How often a changed store is written to disk.
 pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 
 pub struct EmbeddedStore {
-    counters: DashMap<CounterKey, Arc<Mutex<Counter>>>,
+    counters: HotMap<CounterKey, Arc<Mutex<Counter>>>,
     clock: Arc<dyn Clock>,
     snapshot: Option<PathBuf>,
     dirty: AtomicBool,
@@ -52,7 +53,7 @@ impl EmbeddedStore {
     /// A store kept only in memory (tests of the window rules).
     pub fn in_memory(clock: Arc<dyn Clock>) -> EmbeddedStore {
         EmbeddedStore {
-            counters: DashMap::new(),
+            counters: HotMap::default(),
             clock,
             snapshot: None,
             dirty: AtomicBool::new(false),
@@ -110,14 +111,15 @@ impl EmbeddedStore {
     fn reserve_now(&self, needs: &[Need]) -> Result<Reservation, Limited> {
         // One counter named twice (under all_tools and the tool) is counted once, against
         // the smaller max.
-        let mut needs: Vec<&Need> = needs.iter().collect();
+        // A call names a handful of counters: the working lists stay on the stack.
+        let mut needs: SmallVec<[&Need; 4]> = needs.iter().collect();
         needs.sort_by(|a, b| a.key.cmp(&b.key).then(a.max.cmp(&b.max)));
         needs.dedup_by(|a, b| a.key == b.key);
-        let counters: Vec<Arc<Mutex<Counter>>> = needs
+        let counters: SmallVec<[Arc<Mutex<Counter>>; 4]> = needs
             .iter()
             .map(|n| self.counter(&n.key, window_ms(n.window)))
             .collect();
-        let mut guards: Vec<_> = counters
+        let mut guards: SmallVec<[_; 4]> = counters
             .iter()
             .map(|c| c.lock().expect("counter lock"))
             .collect();

@@ -40,7 +40,7 @@ pub async fn reserve(
         Binding::Session(s) => s.id.clone(),
         _ => grant.id.clone(),
     };
-    let needs: Vec<Need> = call
+    let needs: smallvec::SmallVec<[Need; 4]> = call
         .limits
         .iter()
         .map(|l| Need {
