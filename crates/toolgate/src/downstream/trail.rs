@@ -22,7 +22,17 @@ pub struct Trail {
 
 /// A request id: 64 random bits, hex. In the audit record, the log span, and `x-request-id`.
 pub fn new_request_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
+    hex16(rand::random::<u64>())
+}
+
+/// `format!("{v:016x}")`, written in place: the formatter cost about 600 instructions a
+/// request (callgrind).
+fn hex16(v: u64) -> String {
+    let mut out = [0u8; 16];
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[(v >> (60 - 4 * i)) as usize & 0xf];
+    }
+    String::from_utf8(out.to_vec()).expect("hex digits")
 }
 
 impl Trail {
@@ -152,5 +162,23 @@ fn upstream_status(
             ("ok".into(), false)
         }
         None => ("unreadable".into(), true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_sixteen_lower_hex_digits() {
+        for v in [0, 1, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef, 1 << 63] {
+            assert_eq!(hex16(v), format!("{v:016x}"));
+        }
+        let id = new_request_id();
+        assert_eq!(id.len(), 16);
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        );
     }
 }
