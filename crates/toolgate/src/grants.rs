@@ -36,7 +36,8 @@ impl PolicySource {
 pub struct Grant {
     /// Stable id, used to bind sessions to their grant.
     pub id: Arc<str>,
-    pub label: String,
+    /// Shared with the audit records of the grant's calls.
+    pub label: Arc<str>,
     pub server: String,
     /// The grant's own policy, else its server's; None means every call is denied.
     pub policy: Option<PolicySource>,
@@ -111,7 +112,7 @@ impl GrantTable {
                 .or_else(|| server_file(&g.server));
             let grant = Arc::new(Grant {
                 id: id.into(),
-                label: g.name.clone(),
+                label: g.name.as_str().into(),
                 server: g.server.clone(),
                 policy,
             });
@@ -134,7 +135,7 @@ impl GrantTable {
                 .or_else(|| server_file(&g.server));
             let grant = Arc::new(Grant {
                 id: g.id.as_str().into(),
-                label: g.label.clone(),
+                label: g.label.as_str().into(),
                 server: g.server.clone(),
                 policy,
             });
@@ -242,22 +243,23 @@ anonymous = true
         let ok = t
             .authenticate(Some(b"Bearer tg_token_for_a_0123456789"), "a")
             .unwrap();
-        assert_eq!(ok.label, "ga");
+        assert_eq!(&*ok.label, "ga");
         assert_eq!(
             t.authenticate(Some(b"bearer tg_token_for_a_0123456789"), "a")
                 .unwrap()
-                .label,
+                .label
+                .as_ref(),
             "ga"
         );
         assert!(matches!(
             t.authenticate(Some(b"Bearer tg_token_for_a_0123456789"), "b").unwrap_err(),
-            DoorRefusal::WrongServer(g) if g.label == "ga"
+            DoorRefusal::WrongServer(g) if &*g.label == "ga"
         ));
         assert!(matches!(
             t.authenticate(None, "a").unwrap_err(),
             DoorRefusal::Unauthenticated
         ));
-        assert_eq!(t.authenticate(None, "b").unwrap().label, "anon-b");
+        assert_eq!(&*t.authenticate(None, "b").unwrap().label, "anon-b");
         for bad in [
             &b"Bearer wrong"[..],
             b"Basic dGc6eA==",

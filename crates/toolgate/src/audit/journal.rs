@@ -705,7 +705,7 @@ mod tests {
                 .await
                 .unwrap();
         });
-        let tools: Vec<Option<String>> = Audit::read(dir.path(), &Query::default())
+        let tools: Vec<Option<Arc<str>>> = Audit::read(dir.path(), &Query::default())
             .unwrap()
             .into_iter()
             .map(|r| r.tool)

@@ -74,16 +74,16 @@ async fn handle_post(
     gw: Arc<Gateway>,
     server: String,
     request: Request,
-    request_id: &str,
+    request_id: &Arc<str>,
 ) -> Response {
-    let mut trail = Trail::start(&server, request_id);
+    let mut trail = Trail::start(&server, request_id, gw.audit.enabled());
     let (parts, body) = request.into_parts();
     macro_rules! refuse_unread {
         ($r:expr) => {{
             let r = $r;
             let span = tracing::info_span!(
                 crate::logging::REQUEST_SPAN,
-                request_id = request_id,
+                request_id = &**request_id,
                 server = server.as_str()
             );
             trail.refused(&gw, &r).instrument(span).await;
@@ -120,7 +120,7 @@ async fn handle_post(
     trail.method(msg.envelope.method());
     let span = tracing::info_span!(
         crate::logging::REQUEST_SPAN,
-        request_id = request_id,
+        request_id = &**request_id,
         server = server.as_str(),
         method = msg.envelope.method()
     );

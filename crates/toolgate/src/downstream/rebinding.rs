@@ -34,8 +34,13 @@ impl HostCheck {
 
     /// `host` is the `Host` header or the URI authority (HTTP/2).
     pub fn host_allowed(&self, host: &str) -> bool {
-        let host = host.to_ascii_lowercase();
-        if self.extra_hosts.contains(&host) {
+        // Copied only when it has capitals: every request's Host is checked.
+        let host: std::borrow::Cow<str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            host.to_ascii_lowercase().into()
+        } else {
+            host.into()
+        };
+        if self.extra_hosts.iter().any(|h| *h == *host) {
             return true;
         }
         let Some(name) = host_name(&host) else {

@@ -2,6 +2,8 @@
 //! the pipeline and written before its answer leaves: refused requests when they are
 //! refused, `tools/call` when the upstream's response (or the gateway's own) is ready.
 
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::audit::record::{argument_keys, rfc3339};
@@ -15,38 +17,50 @@ use crate::telemetry;
 pub struct Trail {
     started: Instant,
     record: AuditRecord,
+    /// Whether the record is written (the audit is on).
+    audited: bool,
     /// The tool as a metrics label (see `telemetry`): only names the policy or upstream vouched for.
     tool_label: &'static str,
     tool_known: bool,
 }
 
 /// A request id: 64 random bits, hex. In the audit record, the log span, and `x-request-id`.
-pub fn new_request_id() -> String {
-    hex16(rand::random::<u64>())
+pub fn new_request_id() -> Arc<str> {
+    std::str::from_utf8(&hex16(rand::random::<u64>()))
+        .expect("hex digits")
+        .into()
 }
 
 /// `format!("{v:016x}")`, written in place: the formatter cost about 600 instructions a
 /// request (callgrind).
-fn hex16(v: u64) -> String {
+fn hex16(v: u64) -> [u8; 16] {
     let mut out = [0u8; 16];
     for (i, digit) in out.iter_mut().enumerate() {
         *digit = b"0123456789abcdef"[(v >> (60 - 4 * i)) as usize & 0xf];
     }
-    String::from_utf8(out.to_vec()).expect("hex digits")
+    out
 }
 
 impl Trail {
-    pub fn start(server: &str, request_id: &str) -> Trail {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+    /// `audited`: whether the record will be written. Without the audit the record only
+    /// carries what the metrics need, and the rest of it is not filled in.
+    pub fn start(server: &str, request_id: &Arc<str>, audited: bool) -> Trail {
+        let time = if audited {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            rfc3339(now_ms)
+        } else {
+            String::new()
+        };
         Trail {
             started: Instant::now(),
+            audited,
             record: AuditRecord {
-                time: rfc3339(now_ms),
-                request_id: request_id.to_string(),
-                server: server.to_string(),
+                time,
+                request_id: request_id.clone(),
+                server: server.into(),
                 ..Default::default()
             },
             tool_label: "(other)",
@@ -55,16 +69,22 @@ impl Trail {
     }
 
     pub fn grant(&mut self, g: &Grant) {
-        self.record.grant_id = Some(g.id.to_string());
-        self.record.grant_label = Some(g.label.clone());
+        if self.audited {
+            self.record.grant_id = Some(g.id.clone());
+            self.record.grant_label = Some(g.label.clone());
+        }
     }
 
-    pub fn session(&mut self, id: Option<&str>) {
-        self.record.session = id.map(str::to_string);
+    pub fn session(&mut self, id: Option<&Arc<str>>) {
+        if self.audited {
+            self.record.session = id.cloned();
+        }
     }
 
     pub fn method(&mut self, method: &str) {
-        self.record.method = Some(method.to_string());
+        if self.audited {
+            self.record.method = Some(method_name(method));
+        }
     }
 
     /// What the policy step decided about a `tools/call`.
@@ -72,16 +92,16 @@ impl Trail {
         self.record.tool = Some(d.tool.clone());
         // The arguments are only for the record (shared, masked as it is written); with the
         // audit off, the record does not hold them.
-        if gw.audit.enabled() {
+        if self.audited {
             self.record.argument_keys = argument_keys(&d.arguments);
             self.record.arguments = gw
                 .audit
                 .redactor
                 .arguments(&d.arguments, gw.audit.arguments);
+            self.record.rule = d.rule.clone();
+            self.record.policy_version = d.policy_version;
         }
         self.record.outcome = Some(d.outcome);
-        self.record.rule = d.rule.clone();
-        self.record.policy_version = d.policy_version;
         self.record.decision_us = self.started.elapsed().as_micros() as u64;
         // Allowed calls name tools the policy or the upstream listed; denials by a rule name
         // tools the policy names. Anything else may be an agent's invention.
@@ -102,7 +122,9 @@ impl Trail {
         });
         self.record.http_status = r.status.as_u16();
         // A refusal may quote what the agent sent (a parser error does): mask secrets in it.
-        self.record.message = Some(gw.audit.redactor.redact_text(&r.message));
+        if self.audited {
+            self.record.message = Some(gw.audit.redactor.redact_text(&r.message));
+        }
         self.record.decision_us = self.started.elapsed().as_micros() as u64;
         telemetry::refused(r.status.as_u16());
         gw.audit.write(self.record).await;
@@ -128,7 +150,7 @@ impl Trail {
             self.record.upstream_us = Some(took.as_micros() as u64);
             metrics.upstream.record(took.as_secs_f64());
             let (status, failed) = upstream_status(http_status, response, summary);
-            self.record.upstream_status = Some(status);
+            self.record.upstream_status = self.audited.then_some(status);
             if failed {
                 self.record.outcome = Some(Outcome::UpstreamError);
             }
@@ -138,7 +160,7 @@ impl Trail {
             .record(self.record.decision_us as f64 / 1e6);
         let outcome = self.record.outcome.map_or("refused", Outcome::as_str);
         let tool = match (&self.record.tool, self.tool_known) {
-            (Some(t), true) if t.len() <= 128 && !t.chars().any(char::is_control) => t.as_str(),
+            (Some(t), true) if t.len() <= 128 && !t.chars().any(char::is_control) => &**t,
             _ => self.tool_label,
         };
         metrics.call(tool, outcome);
@@ -151,17 +173,47 @@ fn upstream_status(
     http_status: u16,
     response: Option<&[u8]>,
     summary: Option<Option<AnswerSummary>>,
-) -> (String, bool) {
+) -> (Cow<'static, str>, bool) {
     let Some(body) = response else {
-        return (format!("http {http_status}"), true);
+        return (format!("http {http_status}").into(), true);
     };
     match summary.unwrap_or_else(|| jsonrpc::summarize(body)) {
-        Some(AnswerSummary::Error { code }) => (format!("error {}", code.unwrap_or(0)), true),
+        Some(AnswerSummary::Error { code }) => {
+            (format!("error {}", code.unwrap_or(0)).into(), true)
+        }
         Some(AnswerSummary::Result { is_error: true }) => ("is_error".into(), false),
         Some(AnswerSummary::Result { is_error: false }) | Some(AnswerSummary::Neither) => {
             ("ok".into(), false)
         }
         None => ("unreadable".into(), true),
+    }
+}
+
+/// The methods of MCP, so that a record names them without a copy; any other is copied.
+const METHODS: &[&str] = &[
+    "tools/call",
+    "tools/list",
+    "initialize",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/roots/list_changed",
+    "ping",
+    "resources/list",
+    "resources/read",
+    "resources/templates/list",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+    "logging/setLevel",
+];
+
+fn method_name(method: &str) -> Cow<'static, str> {
+    match METHODS.iter().find(|m| **m == method) {
+        Some(m) => Cow::Borrowed(m),
+        None => Cow::Owned(method.to_string()),
     }
 }
 
@@ -172,7 +224,7 @@ mod tests {
     #[test]
     fn request_ids_are_sixteen_lower_hex_digits() {
         for v in [0, 1, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef, 1 << 63] {
-            assert_eq!(hex16(v), format!("{v:016x}"));
+            assert_eq!(hex16(v), format!("{v:016x}").as_bytes());
         }
         let id = new_request_id();
         assert_eq!(id.len(), 16);

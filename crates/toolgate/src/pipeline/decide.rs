@@ -29,7 +29,8 @@ pub enum Verdict {
 #[derive(Debug, Clone)]
 pub struct Decided {
     pub outcome: Outcome,
-    pub tool: String,
+    /// Shared: the decision is cloned into the answer and the audit trail.
+    pub tool: Arc<str>,
     /// The call's arguments as the policy read them (Null when absent). Shared: the decision
     /// is cloned into the answer and the audit trail, and arguments can be large.
     pub arguments: std::sync::Arc<serde_json::Value>,
@@ -137,32 +138,35 @@ fn decide_call(msg: &Message<'_>, policy: Option<Arc<Loaded>>) -> Result<Verdict
         }
     };
     let args = std::sync::Arc::new(args);
-    let decided = |outcome, rule: Option<&str>, version| {
-        Box::new(Decided {
-            outcome,
-            tool: name.to_string(),
-            arguments: args.clone(),
-            rule: rule.map(str::to_string),
-            policy_version: version,
-        })
+    let tool: Arc<str> = name.into();
+    let decided = |outcome, rule: Option<&str>, version| Decided {
+        outcome,
+        tool: tool.clone(),
+        arguments: args.clone(),
+        rule: rule.map(str::to_string),
+        policy_version: version,
     };
     let Some(loaded) = policy else {
         let message = "No policy applies to this grant; every call is denied";
         let body = answers::denial(id, message, NO_POLICY_RULE, None);
         return Ok(Verdict::Answer(
             body,
-            decided(Outcome::Deny, Some(NO_POLICY_RULE), None),
+            Box::new(decided(Outcome::Deny, Some(NO_POLICY_RULE), None)),
         ));
     };
     let version = Some(loaded.version);
     match loaded.policy.evaluate(name, &args) {
         Decision::Hidden => Ok(Verdict::Answer(
             answers::unknown_tool(id, name),
-            decided(Outcome::Hidden, Some(toolgate_policy::HIDDEN_RULE), version),
+            Box::new(decided(
+                Outcome::Hidden,
+                Some(toolgate_policy::HIDDEN_RULE),
+                version,
+            )),
         )),
         Decision::Deny { rule, message } => Ok(Verdict::Answer(
             answers::denial(id, &message, rule, version),
-            decided(Outcome::Deny, Some(rule), version),
+            Box::new(decided(Outcome::Deny, Some(rule), version)),
         )),
         Decision::Allow { limits, .. } => Ok(Verdict::Forward {
             list_filter: None,
@@ -170,7 +174,7 @@ fn decide_call(msg: &Message<'_>, policy: Option<Arc<Loaded>>) -> Result<Verdict
                 must_be_listed: (!loaded.policy.lists(name)).then(|| name.to_string()),
                 limits: limits.to_vec(),
                 policy_version: loaded.version,
-                decided: *decided(Outcome::Allow, None, version),
+                decided: decided(Outcome::Allow, None, version),
             }),
         }),
     }
