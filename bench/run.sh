@@ -7,17 +7,19 @@
 # sessions. Prints Markdown and writes JSON (bench/results.json).
 #
 # Every measurement runs ROUNDS times (3 by default), the rounds one after another, each round
-# running every configuration in turn, so that each gateway run sits next to the direct run it
-# is compared with. The table gives, per row, the median over the rounds of each round's ratio
-# (and added latency), with the lowest and highest ratio: on this machine one run's direct
-# throughput can move by a third between neighbouring runs.
+# running every configuration in turn, with a direct run before the proxies of a transport
+# and another after them: a round's baseline is the mean of the two, so that the machine
+# drifting during the round favours neither the first proxies nor the last. The table gives,
+# per row, the median over the rounds of each round's ratio (and added latency), with the
+# lowest and highest ratio: on this machine one run's direct throughput can move by a third
+# between neighbouring runs.
 #
 # Floors are measured beside toolgate, over HTTP: `bare-proxy`, a pass-through on the same
 # HTTP stack as toolgate that does nothing else, and nginx when it is installed (a tuned C
 # proxy; `apt-get install nginx-light`). They split "what toolgate adds" into what any proxy
 # adds on this machine's loopback and what toolgate's own work adds.
 #
-#   bash bench/run.sh            # 3 rounds of 3 s per run (about 6 minutes)
+#   bash bench/run.sh            # 3 rounds of 3 s per run (about 8 minutes)
 #   ROUNDS=5 DURATION=5 bash bench/run.sh
 #   bash bench/run.sh --smoke    # one round of a few hundred ms per run: checks the instruments
 set -euo pipefail
@@ -115,7 +117,7 @@ RESULTS=$TMP/results.jsonl
 load() { # label transport sessions target pid (and $round)
   local args=(--sessions "$3" --duration "$DURATION" --warmup "$WARMUP" --name "$1/$2/$3/$round")
   # Only the direct stdio runs speak stdio (to a child of loadgen); the gateway is HTTP.
-  if [[ $1 == direct && $2 == stdio ]]; then args+=(--stdio "$4"); else args+=(--url "$4"); fi
+  if [[ $1 == direct* && $2 == stdio ]]; then args+=(--stdio "$4"); else args+=(--url "$4"); fi
   [[ -n ${5:-} ]] && args+=(--pid "$5")
   "$BIN/loadgen" "${args[@]}" | tee -a "$RESULTS" >/dev/null
 }
@@ -128,9 +130,11 @@ for n in "${SESSIONS[@]}"; do
   [[ -n $NGINX ]] && load nginx http "$n" "$NGINX" "$NGINX_WORKER"
   load plain http "$n" "http://127.0.0.1:$PLAIN_PORT/mcp/http" "$PLAIN_PID"
   load realistic http "$n" "http://127.0.0.1:$REAL_PORT/mcp/http" "$REAL_PID"
+  load direct-after http "$n" "$UP"
   load direct stdio "$n" "$PWD/$BIN/fast-upstream --stdio"
   load plain stdio "$n" "http://127.0.0.1:$PLAIN_PORT/mcp/stdio" "$PLAIN_PID"
   load realistic stdio "$n" "http://127.0.0.1:$REAL_PORT/mcp/stdio" "$REAL_PID"
+  load direct-after stdio "$n" "$PWD/$BIN/fast-upstream --stdio"
 done
 done
 
@@ -153,6 +157,18 @@ rounds = {}
 for r in runs:
     label, transport, n, k = r["name"].split("/")
     rounds.setdefault((label, transport, int(n)), {})[int(k)] = r
+
+# A round's baseline: the mean of its direct runs before and after the proxies.
+for (label, transport, n), after in rounds.items():
+    if label != "direct-after":
+        continue
+    before = rounds.get(("direct", transport, n), {})
+    for k, a in after.items():
+        if k in before:
+            b = before[k]
+            before[k] = dict(b, throughput=(b["throughput"] + a["throughput"]) / 2,
+                             latency_us={q: (b["latency_us"][q] + a["latency_us"][q]) / 2
+                                         for q in b["latency_us"]})
 
 def median(xs):
     xs = sorted(xs)
@@ -191,7 +207,7 @@ def errors_of(labels, transport, n):
     return total
 
 summary = {f"{label}/{transport}/{n}": c
-           for (label, transport, n) in sorted(rounds) if label != "direct"
+           for (label, transport, n) in sorted(rounds) if label not in ("direct", "direct-after")
            for c in [compare(label, transport, n)] if c}
 out = {"rounds": max((int(r["name"].split("/")[3]) for r in runs), default=0),
        "summary": summary, "runs": runs, "memory": {"idle_rss_kib": idle_kib, "holds": mem}}
@@ -216,7 +232,7 @@ for transport in ("http", "stdio"):
             continue
         def added(q):
             return f'{p["added_us"][q]:+,.0f} / {r["added_us"][q]:+,.0f}'
-        errs = errors_of(("direct", "plain", "realistic"), transport, n)
+        errs = errors_of(("direct", "direct-after", "plain", "realistic"), transport, n)
         print(f'| {n} | {fmt(p["direct_calls_per_s"])} | {fmt(p["calls_per_s"])} ({ratio(p)}) '
               f'| {fmt(r["calls_per_s"])} ({ratio(r)}) | {added("p50")} | {added("p99")} | {added("p999")} '
               f'| {fmt(p["cpu_us_per_call"],1)} / {fmt(r["cpu_us_per_call"],1)} | {errs or "none"} |')
