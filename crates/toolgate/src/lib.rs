@@ -47,7 +47,7 @@ pub mod telemetry;
 pub mod upstream;
 
 /// A sharded map read on the request path (sessions, counters, metric handles). Hashed with
-/// foldhash instead of std's SipHash, which cost about 1,000 instructions a call over its
+/// foldhash instead of std's SipHash, which cost about 1,000 instructions a call more over its
 /// lookups: the keys are ids the gateway made and names from its configuration, never a
 /// set an agent can grow, and foldhash is still seeded afresh in every process.
 pub type HotMap<K, V> = dashmap::DashMap<K, V, foldhash::fast::RandomState>;
