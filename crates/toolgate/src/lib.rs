@@ -46,8 +46,9 @@ pub mod state;
 pub mod telemetry;
 pub mod upstream;
 
-/// A sharded map read on the request path (sessions, counters, metric handles). Hashed with
-/// foldhash instead of std's SipHash, which cost about 1,000 instructions a call more over its
-/// lookups: the keys are ids the gateway made and names from its configuration, never a
-/// set an agent can grow, and foldhash is still seeded afresh in every process.
+/// A sharded map read on the request path (sessions, counters, metric handles, stateless stdio
+/// children). Hashed with foldhash instead of std's SipHash, which cost about 1,000
+/// instructions a call more over its lookups. The keys are ids the gateway made, names from
+/// its configuration, and tool names the policy or the upstream listed (the call metrics):
+/// never a set an agent can grow. foldhash is still seeded afresh in every process.
 pub type HotMap<K, V> = dashmap::DashMap<K, V, foldhash::fast::RandomState>;

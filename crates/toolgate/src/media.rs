@@ -12,6 +12,7 @@ pub fn is(value: &str, essence: &str) -> bool {
 /// Whether an `Accept` value names `media` (given in lower case) anywhere in it.
 pub fn names(value: &str, media: &str) -> bool {
     let media = media.as_bytes();
+    debug_assert!(!media.is_empty() && !media.iter().any(u8::is_ascii_uppercase));
     // Windows are compared in full only where the first byte matches: comparing every window
     // cost about 1,000 instructions a call for a two-type `Accept`.
     let first = media[0];

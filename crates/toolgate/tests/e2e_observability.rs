@@ -38,6 +38,44 @@ fn calls(m: &Metrics, tool: &str, outcome: &str) -> f64 {
     )
 }
 
+/// With the audit off, the trail fills a call's record only as far as the metrics read it:
+/// they still count every outcome by tool.
+#[test]
+fn metrics_count_calls_with_the_audit_off() {
+    let a = audit_setup("enabled = false", &[]);
+    let gw = &a.gw;
+    let s = McpSession::open(gw, "rec", Some(AGENT_TOKEN));
+    call(&s, "echo", json!({"message": "one"}), "allow");
+    call(&s, "echo", json!({"message": "forbidden"}), "deny");
+    call(&s, MADE_UP, json!({}), "unknown");
+    call(&s, "slow", json!({"seconds": 0}), "slow, allowed");
+    call(&s, "slow", json!({"seconds": 0}), "slow, limited");
+    call(&s, "exit", json!({}), "upstream error");
+    let m = scrape(gw);
+    let got = [
+        ("echo", "allow", calls(&m, "echo", "allow")),
+        ("echo", "deny", calls(&m, "echo", "deny")),
+        ("slow", "allow", calls(&m, "slow", "allow")),
+        ("slow", "limited", calls(&m, "slow", "limited")),
+        (
+            "exit",
+            "upstream_error",
+            calls(&m, "exit", "upstream_error"),
+        ),
+        ("(other)", "unknown", calls(&m, "(other)", "unknown")),
+    ];
+    let want = [
+        ("echo", "allow", 1.0),
+        ("echo", "deny", 1.0),
+        ("slow", "allow", 1.0),
+        ("slow", "limited", 1.0),
+        ("exit", "upstream_error", 1.0),
+        ("(other)", "unknown", 1.0),
+    ];
+    assert_eq!(got, want, "{CALLS}:\n{}", m.text);
+    assert!(journal(gw).is_empty(), "the audit is off");
+}
+
 #[test]
 fn metrics_move_as_calls_are_made() {
     let a = audit_setup("", &[]);

@@ -52,9 +52,9 @@ pub struct AuditRecord {
     pub seq: u64,
     /// RFC 3339 time the request arrived (UTC, milliseconds).
     pub time: String,
-    // Shared, not copied: the request path fills a record on every call, and these are the
-    // values it already holds (the grant's, the session's, the decision's). Copies were
-    // eight allocations a call, freed in a round on a 64-session load.
+    // Shared, not copied: the request path fills a record on every call, and most of these
+    // are values it already holds (the request id, the grant's, the session's, the
+    // decision's); the server name is the one copy. Copies were eight allocations a call.
     pub request_id: Arc<str>,
     pub grant_id: Option<Arc<str>>,
     pub grant_label: Option<Arc<str>>,

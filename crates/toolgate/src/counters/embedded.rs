@@ -109,10 +109,10 @@ impl EmbeddedStore {
 
     /// Checks and counts every need at once (see the module comment for the locking order).
     fn reserve_now(&self, needs: &[Need]) -> Result<Reservation, Limited> {
-        // One counter named twice (under all_tools and the tool) is counted once, against
-        // the smaller max.
         // A call names a handful of counters: the working lists stay on the stack.
         let mut needs: SmallVec<[&Need; 4]> = needs.iter().collect();
+        // One counter named twice (under all_tools and the tool) is counted once, against
+        // the smaller max.
         needs.sort_by(|a, b| a.key.cmp(&b.key).then(a.max.cmp(&b.max)));
         needs.dedup_by(|a, b| a.key == b.key);
         let counters: SmallVec<[Arc<Mutex<Counter>>; 4]> = needs

@@ -24,6 +24,8 @@ use crate::session::{SessionRefusal, UpstreamSession};
 use crate::upstream::http::{LAST_EVENT_ID_HEADER, SESSION_HEADER};
 use crate::upstream::{Event, Reply};
 
+const REQUEST_ID_HEADER: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
         let body = jsonrpc::error_response(self.id.as_deref(), self.code, &self.message);
@@ -51,8 +53,6 @@ pub async fn post(
     post_to(gw, server, request).await
 }
 
-const REQUEST_ID_HEADER: http::HeaderName = http::HeaderName::from_static("x-request-id");
-
 /// `POST /mcp/{server}`, for the router and for `server::Routes` (which sends it here
 /// without the router).
 pub async fn post_to(gw: Arc<Gateway>, server: String, request: Request) -> Response {
@@ -76,7 +76,7 @@ async fn handle_post(
     request: Request,
     request_id: &Arc<str>,
 ) -> Response {
-    let mut trail = Trail::start(&server, request_id, gw.audit.enabled());
+    let mut trail = Trail::start(&gw, &server, request_id);
     let (parts, body) = request.into_parts();
     macro_rules! refuse_unread {
         ($r:expr) => {{

@@ -40,7 +40,7 @@ impl HostCheck {
         } else {
             host.into()
         };
-        if self.extra_hosts.iter().any(|h| *h == *host) {
+        if self.extra_hosts.iter().any(|h| h.as_str() == &*host) {
             return true;
         }
         let Some(name) = host_name(&host) else {
@@ -125,6 +125,8 @@ mod tests {
         let c = check("0.0.0.0:8080", &["gw.internal", "gw2.internal:9000"]);
         assert!(c.host_allowed("gw.internal:8080"));
         assert!(c.host_allowed("gw2.internal:9000"));
+        assert!(c.host_allowed("GW2.Internal:9000"), "compared without case");
+        assert!(c.host_allowed("GW.INTERNAL:8080"));
         assert!(!c.host_allowed("0.0.0.0:8080"));
         assert!(c.origin_allowed("http://localhost:3000"));
         assert!(c.origin_allowed("https://app.example.com"));

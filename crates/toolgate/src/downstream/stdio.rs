@@ -220,7 +220,7 @@ impl Local {
 
     async fn handle(&self, body: Bytes) {
         // Local mode is audited like the HTTP endpoint: tools/call and refusals.
-        let mut trail = Trail::start(LOCAL, &new_request_id(), self.gw.audit.enabled());
+        let mut trail = Trail::start(&self.gw, LOCAL, &new_request_id());
         trail.grant(&self.grant);
         macro_rules! refuse {
             ($r:expr) => {{

@@ -42,9 +42,10 @@ fn hex16(v: u64) -> [u8; 16] {
 }
 
 impl Trail {
-    /// `audited`: whether the record will be written. Without the audit the record only
-    /// carries what the metrics need, and the rest of it is not filled in.
-    pub fn start(server: &str, request_id: &Arc<str>, audited: bool) -> Trail {
+    /// Without the audit the record is never written: it then carries only what the metrics
+    /// read, and the rest of it is not filled in.
+    pub fn start(gw: &Gateway, server: &str, request_id: &Arc<str>) -> Trail {
+        let audited = gw.audit.enabled();
         let time = if audited {
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
