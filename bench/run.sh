@@ -159,16 +159,19 @@ for r in runs:
     rounds.setdefault((label, transport, int(n)), {})[int(k)] = r
 
 # A round's baseline: the mean of its direct runs before and after the proxies.
-for (label, transport, n), after in rounds.items():
-    if label != "direct-after":
+for (label, transport, n), before in rounds.items():
+    if label != "direct":
         continue
-    before = rounds.get(("direct", transport, n), {})
-    for k, a in after.items():
-        if k in before:
-            b = before[k]
-            before[k] = dict(b, throughput=(b["throughput"] + a["throughput"]) / 2,
-                             latency_us={q: (b["latency_us"][q] + a["latency_us"][q]) / 2
-                                         for q in b["latency_us"]})
+    after = rounds.get(("direct-after", transport, n), {})
+    for k, b in before.items():
+        a = after.get(k)
+        if a is None:
+            print(f"warning: round {k} of {transport}/{n} has no second direct run; its "
+                  "baseline is its one direct run", file=sys.stderr)
+            continue
+        before[k] = dict(b, throughput=(b["throughput"] + a["throughput"]) / 2,
+                         latency_us={q: (b["latency_us"][q] + a["latency_us"][q]) / 2
+                                     for q in b["latency_us"]})
 
 def median(xs):
     xs = sorted(xs)

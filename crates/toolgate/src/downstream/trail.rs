@@ -150,9 +150,11 @@ impl Trail {
             let took = at.elapsed();
             self.record.upstream_us = Some(took.as_micros() as u64);
             metrics.upstream.record(took.as_secs_f64());
-            let (status, failed) = upstream_status(http_status, response, summary);
-            self.record.upstream_status = self.audited.then_some(status);
-            if failed {
+            let answered = Answered::read(http_status, response, summary);
+            if self.audited {
+                self.record.upstream_status = Some(answered.text());
+            }
+            if answered.failed() {
                 self.record.outcome = Some(Outcome::UpstreamError);
             }
         }
@@ -169,24 +171,53 @@ impl Trail {
     }
 }
 
-/// `ok`, `is_error`, `error <code>`, or `http <status>`; and whether the call failed upstream.
-fn upstream_status(
-    http_status: u16,
-    response: Option<&[u8]>,
-    summary: Option<Option<AnswerSummary>>,
-) -> (Cow<'static, str>, bool) {
-    let Some(body) = response else {
-        return (format!("http {http_status}").into(), true);
-    };
-    match summary.unwrap_or_else(|| jsonrpc::summarize(body)) {
-        Some(AnswerSummary::Error { code }) => {
-            (format!("error {}", code.unwrap_or(0)).into(), true)
+/// What the upstream answered a call, for its record and its outcome.
+enum Answered {
+    /// No JSON-RPC answer, only an HTTP status.
+    Http(u16),
+    Error(i64),
+    IsError,
+    Ok,
+    Unreadable,
+}
+
+impl Answered {
+    fn read(
+        http_status: u16,
+        response: Option<&[u8]>,
+        summary: Option<Option<AnswerSummary>>,
+    ) -> Answered {
+        let Some(body) = response else {
+            return Answered::Http(http_status);
+        };
+        match summary.unwrap_or_else(|| jsonrpc::summarize(body)) {
+            Some(AnswerSummary::Error { code }) => Answered::Error(code.unwrap_or(0)),
+            Some(AnswerSummary::Result { is_error: true }) => Answered::IsError,
+            Some(AnswerSummary::Result { is_error: false }) | Some(AnswerSummary::Neither) => {
+                Answered::Ok
+            }
+            None => Answered::Unreadable,
         }
-        Some(AnswerSummary::Result { is_error: true }) => ("is_error".into(), false),
-        Some(AnswerSummary::Result { is_error: false }) | Some(AnswerSummary::Neither) => {
-            ("ok".into(), false)
+    }
+
+    /// Whether the call failed upstream (a tool's own `isError` is a completed call).
+    fn failed(&self) -> bool {
+        matches!(
+            self,
+            Answered::Http(_) | Answered::Error(_) | Answered::Unreadable
+        )
+    }
+
+    /// `ok`, `is_error`, `error <code>`, `http <status>` or `unreadable`: formatted only for
+    /// a record that is written.
+    fn text(&self) -> Cow<'static, str> {
+        match self {
+            Answered::Http(status) => format!("http {status}").into(),
+            Answered::Error(code) => format!("error {code}").into(),
+            Answered::IsError => "is_error".into(),
+            Answered::Ok => "ok".into(),
+            Answered::Unreadable => "unreadable".into(),
         }
-        None => ("unreadable".into(), true),
     }
 }
 
