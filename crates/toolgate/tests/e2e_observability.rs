@@ -38,6 +38,27 @@ fn calls(m: &Metrics, tool: &str, outcome: &str) -> f64 {
     )
 }
 
+/// The tools and outcomes the metrics tests count, in the order `assert_outcomes` takes.
+const OUTCOMES: [(&str, &str); 6] = [
+    ("echo", "allow"),
+    ("echo", "deny"),
+    ("slow", "allow"),
+    ("slow", "limited"),
+    ("exit", "upstream_error"),
+    ("(other)", "unknown"),
+];
+
+/// `toolgate_calls_total` of each of `OUTCOMES` is its count in `counts`.
+fn assert_outcomes(m: &Metrics, counts: [f64; 6]) {
+    let got = OUTCOMES.map(|(tool, outcome)| (tool, outcome, calls(m, tool, outcome)));
+    let want: Vec<_> = OUTCOMES
+        .iter()
+        .zip(counts)
+        .map(|(&(t, o), n)| (t, o, n))
+        .collect();
+    assert_eq!(got.to_vec(), want, "{CALLS}:\n{}", m.text);
+}
+
 /// With the audit off, the trail fills a call's record only as far as the metrics read it:
 /// they still count every outcome by tool.
 #[test]
@@ -52,27 +73,7 @@ fn metrics_count_calls_with_the_audit_off() {
     call(&s, "slow", json!({"seconds": 0}), "slow, limited");
     call(&s, "exit", json!({}), "upstream error");
     let m = scrape(gw);
-    let got = [
-        ("echo", "allow", calls(&m, "echo", "allow")),
-        ("echo", "deny", calls(&m, "echo", "deny")),
-        ("slow", "allow", calls(&m, "slow", "allow")),
-        ("slow", "limited", calls(&m, "slow", "limited")),
-        (
-            "exit",
-            "upstream_error",
-            calls(&m, "exit", "upstream_error"),
-        ),
-        ("(other)", "unknown", calls(&m, "(other)", "unknown")),
-    ];
-    let want = [
-        ("echo", "allow", 1.0),
-        ("echo", "deny", 1.0),
-        ("slow", "allow", 1.0),
-        ("slow", "limited", 1.0),
-        ("exit", "upstream_error", 1.0),
-        ("(other)", "unknown", 1.0),
-    ];
-    assert_eq!(got, want, "{CALLS}:\n{}", m.text);
+    assert_outcomes(&m, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
     assert!(journal(gw).is_empty(), "the audit is off");
 }
 
@@ -113,27 +114,7 @@ fn metrics_move_as_calls_are_made() {
     assert_eq!(unauthorized.status, 401);
 
     let m2 = scrape(gw);
-    let got = [
-        ("echo", "allow", calls(&m2, "echo", "allow")),
-        ("echo", "deny", calls(&m2, "echo", "deny")),
-        ("slow", "allow", calls(&m2, "slow", "allow")),
-        ("slow", "limited", calls(&m2, "slow", "limited")),
-        (
-            "exit",
-            "upstream_error",
-            calls(&m2, "exit", "upstream_error"),
-        ),
-        ("(other)", "unknown", calls(&m2, "(other)", "unknown")),
-    ];
-    let want = [
-        ("echo", "allow", 3.0),
-        ("echo", "deny", 1.0),
-        ("slow", "allow", 1.0),
-        ("slow", "limited", 1.0),
-        ("exit", "upstream_error", 1.0),
-        ("(other)", "unknown", 1.0),
-    ];
-    assert_eq!(got, want, "{CALLS}:\n{}", m2.text);
+    assert_outcomes(&m2, [3.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
     let hidden: f64 = m2
         .samples(CALLS, &[("server", "rec"), ("outcome", "hidden")])
         .iter()
