@@ -67,18 +67,22 @@ impl Counter {
         self.window_ms / BUCKETS
     }
 
+    /// Whether a slot's calls are still inside the window at `now_ms` (whatever its count).
+    fn in_window(&self, slot: &Slot, now_ms: i64) -> bool {
+        slot.bucket != i64::MIN && slot.last_ms > now_ms - self.window_ms
+    }
+
     fn counts(&self, slot: &Slot, now_ms: i64) -> bool {
-        slot.count > 0 && slot.bucket != i64::MIN && now_ms < slot.last_ms + self.window_ms
+        slot.count > 0 && self.in_window(slot, now_ms)
     }
 
     /// Calls counted against the window at `now_ms`.
     pub fn used(&self, now_ms: i64) -> u64 {
-        // The same test as `counts`, written without branches (it runs over every slot of
-        // every counter of a call): an empty slot adds its zero count either way.
-        let since = now_ms - self.window_ms;
+        // Summed without branches (it runs over every slot of every counter of a call): an
+        // empty slot adds its zero count either way.
         self.slots
             .iter()
-            .map(|s| u64::from(s.count) * u64::from(s.bucket != i64::MIN && s.last_ms > since))
+            .map(|s| u64::from(s.count) * u64::from(self.in_window(s, now_ms)))
             .sum()
     }
 

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use crate::audit::record::{argument_keys, rfc3339};
 use crate::audit::{AuditRecord, Outcome};
+use crate::counters::{Clock, SystemClock};
 use crate::gateway::Gateway;
 use crate::grants::Grant;
 use crate::jsonrpc::{self, AnswerSummary};
@@ -47,11 +48,7 @@ impl Trail {
     pub fn start(gw: &Gateway, server: &str, request_id: &Arc<str>) -> Trail {
         let audited = gw.audit.enabled();
         let time = if audited {
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
-            rfc3339(now_ms)
+            rfc3339(SystemClock.now_ms())
         } else {
             String::new()
         };
