@@ -34,19 +34,17 @@ impl HostCheck {
 
     /// `host` is the `Host` header or the URI authority (HTTP/2).
     pub fn host_allowed(&self, host: &str) -> bool {
-        // Copied only when it has capitals: every request's Host is checked.
-        let host: std::borrow::Cow<str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            host.to_ascii_lowercase().into()
-        } else {
-            host.into()
-        };
-        if self.extra_hosts.iter().any(|h| h.as_str() == &*host) {
-            return true;
-        }
-        let Some(name) = host_name(&host) else {
-            return false;
-        };
-        self.names.iter().any(|n| n == name) || self.extra_hosts.iter().any(|h| h == name)
+        // Compared without case, not lower-cased into a copy: every request's Host is checked,
+        // and the names it is compared with are lower case already (config.rs).
+        self.extra_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host))
+            || host_name(host).is_some_and(|name| {
+                self.names
+                    .iter()
+                    .chain(&self.extra_hosts)
+                    .any(|h| h.eq_ignore_ascii_case(name))
+            })
     }
 
     pub fn origin_allowed(&self, origin: &str) -> bool {
