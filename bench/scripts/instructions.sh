@@ -3,15 +3,15 @@
 # same binary and inputs whatever else the machine is doing, so it is the number to compare
 # before and after a change to the request path (wall-clock runs on this machine drift by
 # 20% between consecutive runs). One session (SESSIONS to change), HTTP upstream, every
-# thread of the gateway counted (the audit writer included), start-up and warm-up excluded,
+# thread of the gateway counted (the audit syncer included), start-up and warm-up excluded,
 # logging at the default level (info: each request has its span).
 #
 #   bash bench/scripts/instructions.sh [TOOLGATE_BINARY]
 #   TOOLGATE_LOG=warn,toolgate=info,toolgate::downstream=warn bash bench/scripts/instructions.sh
 #                                    # the same without the request span (the difference is
 #                                    # what the span costs; "listening on" must still log)
-#   SESSIONS=64 bash bench/scripts/instructions.sh   # under load: rounds of audit records,
-#                                    # fewer idle wake-ups (the runtime count stays one)
+#   SESSIONS=64 bash bench/scripts/instructions.sh   # under load: fewer idle wake-ups
+#                                    # (the runtime count stays one)
 #
 # Prints one line per configuration: "plain" (allow-all policy, audit off), "realistic"
 # (bench/realistic-policy.py, audit on), and "bare-proxy" (the floor: toolgate's HTTP stack

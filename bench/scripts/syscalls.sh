@@ -4,7 +4,7 @@
 # (the HTTP stack alone). At one session a proxy's latency is the CPU on the request's path,
 # and about half of that is the kernel's, so a system call more or less per call shows here
 # before it shows in a noisy wall-clock run. Every thread of the process is counted (the
-# audit writer included); the counts are divided by the load generator's tools/calls. Each
+# audit syncer included); the counts are divided by the load generator's tools/calls. Each
 # session's opening (connect, initialize, notification) and closing DELETE fall inside the
 # count too: nothing at one session, a few tenths per call at 64.
 #

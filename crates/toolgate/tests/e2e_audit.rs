@@ -826,8 +826,15 @@ fn sigkill_under_load_loses_no_record_of_an_answered_call() {
         records.len(),
         answered.len()
     );
+    // Numbers follow file order. One can be missing only where the kill cut a record off
+    // mid-copy (a call in flight, never answered; the reader skips what was copied of it).
     let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (1..=records.len() as u64).collect::<Vec<_>>());
+    assert!(seqs.is_sorted_by(|a, b| a < b), "{seqs:?}");
+    let missing = seqs.last().map_or(0, |last| last - seqs.len() as u64);
+    assert!(
+        missing as usize <= LOAD_THREADS,
+        "{missing} numbers missing"
+    );
     eprintln!(
         "SIGKILL under load: {} answered calls, {} records",
         answered.len(),

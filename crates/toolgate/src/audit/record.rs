@@ -84,12 +84,18 @@ impl AuditRecord {
     /// The record as a journal line (without its newline): the same bytes as serde_json
     /// writes for it (a test compares them), written field by field. serde_json's derived
     /// serialisation escapes each of the 19 field names for every record and goes through its
-    /// generic writer per piece: about 8,800 instructions per record on the writer thread,
-    /// 3,400 more than this (`bench/scripts/instructions.sh`, realistic).
+    /// generic writer per piece: about 8,800 instructions per record, 3,400 more than this
+    /// (`bench/scripts/instructions.sh`, realistic, when a writer thread wrote the records).
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"seq\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
+        self.write_json_fields(out);
+    }
+
+    /// The line after its sequence number, from `,"time":` to the closing brace: the journal
+    /// numbers a record as it claims its place in the file.
+    pub fn write_json_fields(&self, out: &mut Vec<u8>) {
         let mut json = JsonLine { out };
-        json.raw("{\"seq\":");
-        json.number(self.seq);
         json.raw(",\"time\":");
         json.string(&self.time);
         json.raw(",\"request_id\":");
@@ -181,8 +187,8 @@ impl JsonLine<'_> {
 /// journal holds (masked when it was written).
 ///
 /// A call's record keeps the arguments the policy read (shared, not copied) and masks them
-/// while the writer serialises it: a masked copy, built and freed on the serving thread, cost
-/// about 1,700 instructions more per call (`bench/scripts/instructions.sh`, realistic).
+/// while the journal serialises it: a masked copy, built and freed before, cost about 1,700
+/// instructions more per call (`bench/scripts/instructions.sh`, realistic).
 ///
 /// Opaque: it is made only by [`Redactor::arguments`] (masked) or read back from a journal, so
 /// raw arguments cannot leave through it.

@@ -86,7 +86,7 @@ async fn handle_post(
                 request_id = &**request_id,
                 server = server.as_str()
             );
-            trail.refused(&gw, &r).instrument(span).await;
+            span.in_scope(|| trail.refused(&gw, &r));
             return r.into_response();
         }};
     }
@@ -147,7 +147,7 @@ async fn handle_message(
     macro_rules! refuse {
         ($r:expr) => {{
             let r = $r;
-            trail.refused(&gw, &r).await;
+            trail.refused(&gw, &r);
             return r.into_response();
         }};
     }
@@ -226,9 +226,7 @@ async fn render_audited(
 ) -> Response {
     match reply {
         Reply::Json { status, body } => {
-            trail
-                .finish(&gw, status.as_u16(), Some(&body), summary, forwarded_at)
-                .await;
+            trail.finish(&gw, status.as_u16(), Some(&body), summary, forwarded_at);
             (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
         Reply::Status {
@@ -236,9 +234,7 @@ async fn render_audited(
             content_type,
             body,
         } => {
-            trail
-                .finish(&gw, status.as_u16(), None, None, forwarded_at)
-                .await;
+            trail.finish(&gw, status.as_u16(), None, None, forwarded_at);
             let mut response = (status, body).into_response();
             if let Some(ct) = content_type {
                 response.headers_mut().insert(header::CONTENT_TYPE, ct);
@@ -246,7 +242,7 @@ async fn render_audited(
             response
         }
         Reply::Accepted => {
-            trail.finish(&gw, 202, None, None, forwarded_at).await;
+            trail.finish(&gw, 202, None, None, forwarded_at);
             StatusCode::ACCEPTED.into_response()
         }
         Reply::Stream(events) => {
@@ -256,18 +252,20 @@ async fn render_audited(
                     match events.next().await {
                         Some(e) => {
                             if trail.is_some() && jsonrpc::is_response(&e.data) {
-                                trail
-                                    .take()
-                                    .expect("checked")
-                                    .finish(&gw, 200, Some(&e.data), None, forwarded_at)
-                                    .await;
+                                trail.take().expect("checked").finish(
+                                    &gw,
+                                    200,
+                                    Some(&e.data),
+                                    None,
+                                    forwarded_at,
+                                );
                             }
                             Some((e, (events, trail, gw)))
                         }
                         None => {
                             // The stream ended without a response: still one record for the call.
                             if let Some(t) = trail.take() {
-                                t.finish(&gw, 502, None, None, forwarded_at).await;
+                                t.finish(&gw, 502, None, None, forwarded_at);
                             }
                             None
                         }

@@ -225,7 +225,7 @@ impl Local {
         macro_rules! refuse {
             ($r:expr) => {{
                 let r: pipeline::Refused = $r;
-                trail.refused(&self.gw, &r).await;
+                trail.refused(&self.gw, &r);
                 return self
                     .send_out(jsonrpc::error_response(r.id.as_deref(), r.code, &r.message))
                     .await;
@@ -280,8 +280,7 @@ impl Local {
         match reply {
             Reply::Json { body, .. } => {
                 if let Some(t) = trail.take() {
-                    t.finish(&self.gw, 200, Some(&body), summary, forwarded_at)
-                        .await;
+                    t.finish(&self.gw, 200, Some(&body), summary, forwarded_at);
                 }
                 self.send_out(body).await
             }
@@ -289,24 +288,25 @@ impl Local {
                 while let Some(e) = events.next().await {
                     if !e.data.is_empty() {
                         if trail.is_some() && jsonrpc::is_response(&e.data) {
-                            trail
-                                .take()
-                                .expect("checked")
-                                .finish(&self.gw, 200, Some(&e.data), None, forwarded_at)
-                                .await;
+                            trail.take().expect("checked").finish(
+                                &self.gw,
+                                200,
+                                Some(&e.data),
+                                None,
+                                forwarded_at,
+                            );
                         }
                         self.send_out(e.data).await;
                     }
                 }
                 if let Some(t) = trail.take() {
-                    t.finish(&self.gw, 502, None, None, forwarded_at).await;
+                    t.finish(&self.gw, 502, None, None, forwarded_at);
                 }
             }
             Reply::Accepted => {}
             Reply::Status { status, .. } => {
                 if let Some(t) = trail.take() {
-                    t.finish(&self.gw, status.as_u16(), None, None, forwarded_at)
-                        .await;
+                    t.finish(&self.gw, status.as_u16(), None, None, forwarded_at);
                 }
                 if msg.kind == Kind::Request {
                     let text = format!("upstream server answered HTTP {status}");

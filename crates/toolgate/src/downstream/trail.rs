@@ -108,7 +108,7 @@ impl Trail {
     }
 
     /// A request refused before (or instead of) a decision.
-    pub async fn refused(mut self, gw: &Gateway, r: &Refused) {
+    pub fn refused(mut self, gw: &Gateway, r: &Refused) {
         if let Some(g) = &r.grant {
             self.grant(g);
         }
@@ -125,13 +125,13 @@ impl Trail {
         }
         self.record.decision_us = self.started.elapsed().as_micros() as u64;
         telemetry::refused(r.status.as_u16());
-        gw.audit.write(self.record).await;
+        gw.audit.write(self.record);
     }
 
     /// The answer to a `tools/call` is ready: record what the upstream said (when it was
     /// called) and write the record. `summary` is what an earlier step read in `response`,
     /// when one did.
-    pub async fn finish(
+    pub fn finish(
         mut self,
         gw: &Gateway,
         http_status: u16,
@@ -164,7 +164,7 @@ impl Trail {
             _ => self.tool_label,
         };
         metrics.call(tool, outcome);
-        gw.audit.write(self.record).await;
+        gw.audit.write(self.record);
     }
 }
 

@@ -58,11 +58,21 @@ pub fn segments(state: &Path) -> Vec<PathBuf> {
 }
 
 /// Every record in the journal, oldest first. Every line must be a JSON object (the gateway
-/// is running: no line may be torn).
+/// is running: no line may be torn). A segment ends where its first zero byte is (the part
+/// of the file its writer has reserved but not written yet).
 pub fn journal(gw: &Gateway) -> Vec<Value> {
     let mut out = Vec::new();
     for seg in segments(&state_dir(gw)) {
-        let text = std::fs::read_to_string(&seg).expect("read audit segment");
+        let mut bytes = std::fs::read(&seg).expect("read audit segment");
+        if let Some(zero) = bytes.iter().position(|&b| b == 0) {
+            bytes.truncate(zero);
+            assert!(
+                bytes.is_empty() || bytes.ends_with(b"\n"),
+                "{}: the written part ends mid-line",
+                seg.display()
+            );
+        }
+        let text = String::from_utf8(bytes).expect("audit segments are UTF-8");
         out.extend(json_lines(&text, &seg.display().to_string()));
     }
     out
