@@ -67,6 +67,7 @@ fn bench(c: &mut Criterion) {
         retention_days: 1,
         max_bytes: 1 << 30,
         segment_bytes: 64 << 20,
+        shared: false,
     })
     .unwrap();
     let record = AuditRecord {

@@ -60,6 +60,9 @@ pub struct AuditConfig {
     pub retention_days: u64,
     pub max_bytes: u64,
     pub segment_bytes: u64,
+    /// Set by local mode, not read from a file: other local-mode processes may write the
+    /// same journal directory (see `audit::journal`).
+    pub shared_journal: bool,
 }
 
 impl Default for AuditConfig {
@@ -71,6 +74,7 @@ impl Default for AuditConfig {
             retention_days: 30,
             max_bytes: 1024 * 1024 * 1024,
             segment_bytes: 64 * 1024 * 1024,
+            shared_journal: false,
         }
     }
 }

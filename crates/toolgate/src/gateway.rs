@@ -121,6 +121,7 @@ impl Gateway {
             retention_days: config.audit.retention_days,
             max_bytes: config.audit.max_bytes,
             segment_bytes: config.audit.segment_bytes,
+            shared: config.audit.shared_journal,
         })
         .map_err(|e| e.0)?;
         let gw = Gateway {

@@ -408,13 +408,16 @@ fn policy_check(
     };
     let mut warnings = policy.warnings();
     if let Some(name) = server {
-        let cfg = match Config::load(config, &ProcessEnv) {
+        let mut cfg = match Config::load(config, &ProcessEnv) {
             Ok(c) => c,
             Err(e) => return fail(e, 2),
         };
         if !cfg.servers.iter().any(|s| s.name == name) {
             return fail(format!("{}: no server named {name:?}", config.display()), 2);
         }
+        // Only the tool list is asked for: nothing to record, and the journal stays the
+        // running gateway's to write.
+        cfg.audit.enabled = false;
         let names = runtime().block_on(async {
             let gw = Gateway::new(cfg).map_err(|e| e.to_string())?;
             let upstream = gw.servers.get(name).expect("checked above");

@@ -1,29 +1,20 @@
 //! The audit journal: JSON lines in segment files `state_dir/audit/audit-<first seq>.jsonl`.
 //!
-//! The calling thread writes its record itself, into a shared mapping of the segment file:
-//! once the bytes are copied they are in the kernel's page cache, which a crash of the
-//! gateway does not lose, so the call can be answered at once. No other thread is woken and
-//! no system call is made per record. Before, a writer thread wrote batches with `write(2)`
-//! and each call waited for its acknowledgement: two cross-thread wake-ups per round of calls
-//! and five more system calls per call at one session (`bench/scripts/syscalls.sh`).
+//! Two writers, one per kind of process (see their modules):
+//! - `mapped`, the gateway's (`toolgate serve`): the thread serving a call copies its record
+//!   into a shared memory mapping of the segment file, with no system call and no other
+//!   thread involved. One such process writes a directory at a time.
+//! - `appended`, local mode's (`toolgate run`): one `write(2)` per record, `O_APPEND`, so
+//!   that several local-mode processes can share a directory.
 //!
-//! The file grows by chunks (`CHUNK_BYTES`, or one record when it is larger), each reserved
-//! on disk with `fallocate` before it is mapped, so a full disk shows as an error when a
-//! chunk is added (the record is lost, loudly), not as a fault while a record is copied (on
-//! a file system without `fallocate` the file grows sparse, without that guarantee). A record claims its sequence
-//! number and its bytes in the chunk with one compare-and-swap on the chunk's state, so
-//! numbers follow file order and no lock is taken. The thread that finds the chunk full adds
-//! the next one (under a lock taken once per chunk) and, at the segment's size, starts a new
-//! segment file.
-//!
-//! The first record on each 4 KiB page takes a page fault, in which the kernel adds the page
-//! to its cache; the disk blocks behind it were reserved when the chunk was added.
-//!
-//! Bytes not yet copied read as zeros: while a gateway writes the journal, a reader of the
-//! newest segment stops at the first zero byte (a record still being copied, or the chunk's
-//! unused end; see `for_each_line`). A crash can leave such gaps; the next start repairs them
-//! (see `repair`). A syncer thread flushes the
-//! segment to disk (fdatasync) every `SYNC_EVERY` and applies retention.
+//! Either way a record is in the kernel's page cache before its call is answered, so a crash
+//! of the process does not lose it; a syncer thread flushes to disk (fdatasync) every
+//! `SYNC_EVERY` and applies retention. The directory's lock file (`WRITERS_LOCK`) says which
+//! kind is writing: the gateway holds it exclusively, local-mode processes shared. A start
+//! repairs what a crash left in the newest segment (see `repair`).
+
+mod appended;
+mod mapped;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read};
@@ -31,28 +22,15 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::ArcSwap;
-
 use super::record::{ArgumentsMode, AuditRecord, Redactor};
+use appended::AppendedJournal;
+use mapped::MappedJournal;
 
 const SYNC_EVERY: Duration = Duration::from_millis(100);
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
-/// How much the segment file grows at a time: one lock, `fallocate` and `mmap` per chunk
-/// (about 3,000 records), and at most this much of it mapped and resident per journal.
-const CHUNK_BYTES: u64 = 1024 * 1024;
-/// A chunk's state packs three fields into one word, so that a record claims its number and
-/// its bytes in one compare-and-swap: closed (no more records), records claimed, bytes claimed.
-const CLOSED: u64 = 1 << 63;
-const COUNT_SHIFT: u32 = 40;
-const BYTES_MASK: u64 = (1 << COUNT_SHIFT) - 1;
-const COUNT_MAX: u64 = (1 << (63 - COUNT_SHIFT)) - 1;
-/// What a line adds to the fields `write_json_fields` writes: `{"seq":` and at most 20 digits.
-const SEQ_PREFIX: &[u8] = b"{\"seq\":";
-const LINE_OVERHEAD: usize = SEQ_PREFIX.len() + 20;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -68,13 +46,30 @@ pub struct Options {
     pub retention_days: u64,
     pub max_bytes: u64,
     pub segment_bytes: u64,
+    /// Local mode: other local-mode processes may write the same directory (the `appended`
+    /// writer). Else this process is the directory's only writer (the `mapped` writer).
+    pub shared: bool,
 }
 
 pub struct Audit {
-    journal: Option<Arc<Journal>>,
+    writer: Option<Arc<Writer>>,
     pub redactor: Arc<Redactor>,
     pub arguments: ArgumentsMode,
     pub dir: PathBuf,
+}
+
+/// A journal being written, with the directory lock that lets it (held while the file is
+/// open), and what its syncer thread needs.
+struct Writer {
+    kind: Kind,
+    _lock: File,
+    opts: Options,
+    stop: AtomicBool,
+}
+
+enum Kind {
+    Mapped(MappedJournal),
+    Appended(AppendedJournal),
 }
 
 /// What to read back.
@@ -133,7 +128,7 @@ impl Audit {
     pub fn open(opts: Options) -> Result<Audit, AuditConfigError> {
         let redactor = Arc::new(Redactor::new(&opts.secret_patterns).map_err(AuditConfigError)?);
         let mut audit = Audit {
-            journal: None,
+            writer: None,
             redactor,
             arguments: opts.arguments,
             dir: opts.dir.clone(),
@@ -143,33 +138,55 @@ impl Audit {
         }
         std::fs::create_dir_all(&opts.dir)
             .map_err(|e| AuditConfigError(format!("cannot create {}: {e}", opts.dir.display())))?;
-        let journal = Arc::new(Journal::open(opts).map_err(AuditConfigError)?);
-        let syncer = journal.clone();
+        let (lock, kind) = if opts.shared {
+            let lock = lock_dir(&opts.dir, false).map_err(AuditConfigError)?;
+            (
+                lock,
+                Kind::Appended(AppendedJournal::open(opts.clone()).map_err(AuditConfigError)?),
+            )
+        } else {
+            let lock = lock_dir(&opts.dir, true).map_err(AuditConfigError)?;
+            (
+                lock,
+                Kind::Mapped(MappedJournal::open(opts.clone()).map_err(AuditConfigError)?),
+            )
+        };
+        let writer = Arc::new(Writer {
+            kind,
+            _lock: lock,
+            opts,
+            stop: AtomicBool::new(false),
+        });
+        let syncer = writer.clone();
         std::thread::Builder::new()
             .name("audit-sync".into())
             .spawn(move || syncer.run_syncer())
             .map_err(|e| AuditConfigError(format!("cannot start the audit syncer: {e}")))?;
-        audit.journal = Some(journal);
+        audit.writer = Some(writer);
         Ok(audit)
     }
 
     pub fn enabled(&self) -> bool {
-        self.journal.is_some()
+        self.writer.is_some()
     }
 
     /// Records being copied into the journal at this moment.
     pub fn queue_depth(&self) -> usize {
-        self.journal
-            .as_ref()
-            .map_or(0, |j| j.current.load().in_flight())
+        match self.writer.as_deref().map(|w| &w.kind) {
+            Some(Kind::Mapped(m)) => m.in_flight(),
+            _ => 0,
+        }
     }
 
     /// Writes a record to the journal; when this returns, a crash of the gateway no longer
     /// loses it. An error (the disk is full, say) is logged and loses the record.
     pub fn write(&self, record: AuditRecord) {
-        if let Some(journal) = &self.journal
-            && let Err(e) = journal.write(&record)
-        {
+        let Some(writer) = &self.writer else { return };
+        let written = match &writer.kind {
+            Kind::Mapped(m) => m.write(&record),
+            Kind::Appended(a) => a.write(&record),
+        };
+        if let Err(e) = written {
             tracing::error!("cannot write the audit journal, a record is lost: {e}");
         }
     }
@@ -178,8 +195,10 @@ impl Audit {
     pub fn read(dir: &Path, query: &Query) -> Result<Vec<AuditRecord>, String> {
         let (since, until) = query.bounds()?;
         let mut out = Vec::new();
-        for segment in segments(dir) {
-            for_each_line(&segment, being_written(&segment), |line| {
+        let files = segments(dir);
+        let live = gateway_writing(dir);
+        for (i, segment) in files.iter().enumerate() {
+            for_each_line(segment, live && i + 1 == files.len(), |line| {
                 if let Ok(r) = serde_json::from_slice::<AuditRecord>(line)
                     && query.matches(&r, since, until)
                 {
@@ -201,38 +220,90 @@ impl Audit {
 }
 
 impl Drop for Audit {
-    /// No record can be in the middle of its copy any more: the segment is cut to what was
-    /// written and flushed, so that it ends on a complete line.
+    /// No record can be in the middle of its copy any more (`write` borrows the journal).
     fn drop(&mut self) {
-        if let Some(journal) = &self.journal {
-            journal.stop.store(true, Ordering::Relaxed);
-            let chunk = journal.current.load_full();
-            let (_, used) = chunk.close();
-            let end = chunk.start + used;
-            let closed = if end == 0 {
-                // A process that wrote nothing (a command that only read the configuration)
-                // leaves no file behind.
-                std::fs::remove_file(&chunk.segment.path)
-            } else {
-                (chunk.segment.file.set_len(end)).and_then(|()| chunk.segment.file.sync_data())
+        if let Some(writer) = &self.writer {
+            writer.stop.store(true, Ordering::Relaxed);
+            let closed = match &writer.kind {
+                Kind::Mapped(m) => m.close(),
+                Kind::Appended(a) => a.sync(),
             };
             if let Err(e) = closed {
                 tracing::error!("cannot close the audit journal: {e}");
             }
-            // Complete: the next journal (a restart in this process) may continue it, though
-            // the syncer thread still holds the file for up to `SYNC_EVERY`.
-            // SAFETY: a plain system call on a descriptor the chunk keeps open.
-            unsafe { libc::flock(chunk.segment.file.as_raw_fd(), libc::LOCK_UN) };
         }
     }
 }
 
-/// Calls `f` with each complete line (without its newline) of a segment. `live` is the
-/// segment a running gateway is writing: there a zero byte is where the written part ends
-/// for now (a record still being copied, after which others may be complete already), so
-/// reading stops, and a reader that follows the journal by sequence number never passes a
-/// record that is about to appear. Elsewhere zeros are a gap a crash left (a record that was
-/// never copied in full), and a line resumes after them.
+impl Writer {
+    /// Flushes every `SYNC_EVERY` and applies retention every `RETENTION_EVERY`, until the
+    /// journal is closed.
+    fn run_syncer(&self) {
+        let mut last_retention = Instant::now() - RETENTION_EVERY;
+        loop {
+            std::thread::sleep(SYNC_EVERY);
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let synced = match &self.kind {
+                Kind::Mapped(m) => m.sync(),
+                Kind::Appended(a) => a.sync(),
+            };
+            if let Err(e) = synced {
+                tracing::error!("cannot sync the audit journal: {e}");
+            }
+            if last_retention.elapsed() >= RETENTION_EVERY {
+                last_retention = Instant::now();
+                self.retention();
+            }
+        }
+    }
+
+    /// Deletes whole segments past the age or total-size limit, oldest first; never the
+    /// newest, nor the one this process writes.
+    fn retention(&self) {
+        let (current, current_size) = match &self.kind {
+            Kind::Mapped(m) => (m.current_path(), m.current_size()),
+            Kind::Appended(a) => (a.current_path(), a.current_size()),
+        };
+        let mut files = segments(&self.opts.dir);
+        files.pop();
+        files.retain(|p| *p != current);
+        let max_age = Duration::from_secs(self.opts.retention_days * 86_400);
+        let mut sizes: Vec<(PathBuf, u64, SystemTime)> = files
+            .into_iter()
+            .filter_map(|p| {
+                let m = std::fs::metadata(&p).ok()?;
+                Some((p, m.len(), m.modified().ok()?))
+            })
+            .collect();
+        let mut total: u64 = sizes.iter().map(|s| s.1).sum::<u64>() + current_size;
+        sizes.reverse();
+        while let Some((path, len, modified)) = sizes.pop() {
+            let too_old = modified.elapsed().is_ok_and(|age| age > max_age);
+            if !(too_old || total > self.opts.max_bytes) {
+                break;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    total -= len;
+                    tracing::info!(segment = %path.display(), "audit segment removed by retention");
+                }
+                Err(e) => {
+                    tracing::error!(segment = %path.display(), "cannot remove audit segment: {e}")
+                }
+            }
+        }
+    }
+}
+
+/// Calls `f` with each complete record line (without its newline) of a segment. `live` is
+/// the newest segment while a gateway writes the journal: there a zero byte is where the
+/// written part ends for now (a record still being copied, after which others may be
+/// complete already), so reading stops, and a reader that follows the journal by sequence
+/// number never passes a record that is about to appear. Elsewhere zeros are a gap a crash
+/// left (a record that was never copied in full), and a line resumes after them. Only lines
+/// that start as records do (`{"seq":`) are records: a piece of a torn one is not.
 fn for_each_line(path: &Path, live: bool, mut f: impl FnMut(&[u8])) {
     let Ok(file) = File::open(path) else { return };
     let mut reader = BufReader::new(file);
@@ -253,19 +324,72 @@ fn for_each_line(path: &Path, live: bool, mut f: impl FnMut(&[u8])) {
             Some(zero) => &text[zero + 1..],
             None => text,
         };
-        if !text.is_empty() {
+        if text.starts_with(b"{\"seq\":") {
             f(text);
         }
     }
 }
 
-/// Whether a process holds the exclusive `flock` that the one process writing a segment
-/// keeps on it until the segment is complete. Several processes can write one journal (local
-/// mode runs one per agent's server, and commands that load the configuration open it): each
-/// writes segments of its own, and readers learn from the lock whether a gap in a segment may
-/// be a copy in progress or is one a crash left.
-fn being_written(segment: &Path) -> bool {
-    let Ok(file) = File::open(segment) else {
+/// The directory's lock file: the gateway (`mapped` writer) holds an exclusive `flock` on it
+/// while it writes; local-mode processes (`appended`) hold a shared one. So a gateway and
+/// local-mode processes never write one directory at once, and readers learn whether a zero
+/// byte in the newest segment may be a copy in progress (see `for_each_line`).
+const WRITERS_LOCK: &str = "writers.lock";
+
+/// Takes the directory's lock for a writer. Local mode (`exclusive` false) takes it
+/// exclusively first when it can, to repair the newest segment while no other process
+/// writes it, then shares it. A reader's check holds the lock shared for a moment, so a
+/// taken lock is tried again for up to a second.
+fn lock_dir(dir: &Path, exclusive: bool) -> Result<File, String> {
+    let path = dir.join(WRITERS_LOCK);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let fd = file.as_raw_fd();
+    // SAFETY: a plain system call on a file descriptor this function owns.
+    let lock = |how| unsafe { libc::flock(fd, how | libc::LOCK_NB) } == 0;
+    let started = Instant::now();
+    loop {
+        if lock(libc::LOCK_EX) {
+            if exclusive {
+                return Ok(file);
+            }
+            // The only writer: what a crash left can be mended before appending. Turning
+            // the lock into a shared one drops it first: a gateway starting in that instant
+            // makes this start fail below.
+            let repaired = segments(dir).pop().map_or(Ok(()), |newest| repair(&newest));
+            if !lock(libc::LOCK_SH) {
+                break;
+            }
+            return repaired.map(|()| file);
+        }
+        // Shared with other local-mode processes (never a converted lock: a failed
+        // conversion would leave none).
+        if !exclusive && lock(libc::LOCK_SH) {
+            return Ok(file);
+        }
+        if started.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(format!(
+        "the audit journal in {} is being written by {}",
+        dir.display(),
+        if exclusive {
+            "another process (a gateway, or local mode)"
+        } else {
+            "a gateway (toolgate serve)"
+        }
+    ))
+}
+
+/// Whether a gateway (`mapped` writer) holds the directory's lock now.
+fn gateway_writing(dir: &Path) -> bool {
+    let Ok(file) = File::open(dir.join(WRITERS_LOCK)) else {
         return false;
     };
     // SAFETY: plain system calls on a file descriptor this function owns.
@@ -278,19 +402,9 @@ fn being_written(segment: &Path) -> bool {
     false
 }
 
-/// Takes the writer's lock on a segment (see `being_written`): waits for a reader's brief
-/// check when `wait`, else fails at once if anyone holds it.
-fn lock_segment(file: &File, wait: bool) -> std::io::Result<()> {
-    let how = if wait {
-        libc::LOCK_EX
-    } else {
-        libc::LOCK_EX | libc::LOCK_NB
-    };
-    // SAFETY: a plain system call on a file descriptor the caller owns.
-    match unsafe { libc::flock(file.as_raw_fd(), how) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
+/// A segment is named after its first record.
+fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("audit-{first_seq:020}.jsonl"))
 }
 
 /// Segment files, oldest first (their names sort by first sequence number).
@@ -378,402 +492,14 @@ fn repair(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-struct Journal {
-    opts: Options,
-    /// The chunk records are copied into. Replaced (under `rolling`) when it is full.
-    current: ArcSwap<Chunk>,
-    rolling: Mutex<()>,
-    /// Segments left, complete, for a newer one: synced once more by the syncer.
-    retired: Mutex<Vec<Arc<Chunk>>>,
-    /// Records were copied since the last sync.
-    dirty: AtomicBool,
-    stop: AtomicBool,
-}
-
-/// A segment file, shared by its chunks.
-struct Segment {
-    file: File,
-    path: PathBuf,
-}
-
-/// A part of a segment file, mapped into memory; records are copied into it at the offsets
-/// they claim.
-struct Chunk {
-    segment: Arc<Segment>,
-    map: memmap2::MmapRaw,
-    /// The file offset of the map's first byte (a page boundary at or before `start`).
-    map_offset: u64,
-    /// The file offset of the chunk's first byte.
-    start: u64,
-    capacity: u64,
-    /// The sequence number of the chunk's first record.
-    first_seq: u64,
-    /// `CLOSED`, records claimed and bytes claimed (see `CLOSED`).
-    state: AtomicU64,
-    /// Records whose copy is complete.
-    copied: AtomicU64,
-}
-
-/// A record's place in a chunk.
-struct Claim {
-    seq: u64,
-    offset: u64,
-}
-
-impl Chunk {
-    /// Adds `capacity` bytes at `start` to the segment file (allocated on disk, so that
-    /// copying into the mapping never needs space the disk does not have) and maps them.
-    fn new(
-        segment: Arc<Segment>,
-        start: u64,
-        first_seq: u64,
-        capacity: u64,
-    ) -> Result<Chunk, String> {
-        let fail = |what: &str, e: std::io::Error| {
-            format!("cannot {what} {}: {e}", segment.path.display())
-        };
-        // SAFETY: a plain system call on a file descriptor this function borrows.
-        let allocated = unsafe {
-            libc::fallocate(
-                segment.file.as_raw_fd(),
-                0,
-                start as libc::off_t,
-                capacity as libc::off_t,
-            )
-        };
-        if allocated != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
-                return Err(fail("allocate space in", e));
-            }
-            // A file system without fallocate: the file grows sparse.
-            segment
-                .file
-                .set_len(start + capacity)
-                .map_err(|e| fail("extend", e))?;
-        }
-        let page = page_size();
-        let map_offset = start / page * page;
-        let map = memmap2::MmapOptions::new()
-            .offset(map_offset)
-            .len((start + capacity - map_offset) as usize)
-            .map_raw(&segment.file)
-            .map_err(|e| fail("map", e))?;
-        Ok(Chunk {
-            segment,
-            map,
-            map_offset,
-            start,
-            capacity,
-            first_seq,
-            state: AtomicU64::new(0),
-            copied: AtomicU64::new(0),
-        })
-    }
-
-    /// Claims the next sequence number and the bytes of its line (`fields` with `{"seq":N`
-    /// before them), or `None` when the chunk is closed or the line does not fit.
-    fn claim(&self, fields: usize) -> Option<Claim> {
-        let mut state = self.state.load(Ordering::Relaxed);
-        loop {
-            let (count, used) = (state >> COUNT_SHIFT, state & BYTES_MASK);
-            if state & CLOSED != 0 || count == COUNT_MAX {
-                return None;
-            }
-            let seq = self.first_seq + count;
-            let len = (SEQ_PREFIX.len() + digits(seq) + fields) as u64;
-            if used + len > self.capacity {
-                return None;
-            }
-            let next = ((count + 1) << COUNT_SHIFT) | (used + len);
-            match self.state.compare_exchange_weak(
-                state,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Some(Claim { seq, offset: used }),
-                Err(now) => state = now,
-            }
-        }
-    }
-
-    /// Copies a claimed line in.
-    fn fill(&self, claim: &Claim, fields: &[u8]) {
-        let mut seq = itoa::Buffer::new();
-        let seq = seq.format(claim.seq).as_bytes();
-        let at = (self.start - self.map_offset + claim.offset) as usize;
-        debug_assert!(
-            at + SEQ_PREFIX.len() + seq.len() + fields.len() <= self.map.len(),
-            "claimed within the chunk"
-        );
-        // SAFETY: `claim` gave this thread the bytes from `at` for exactly this line's length
-        // (prefix, digits, fields), inside the mapping (`claim` checks the capacity); no other
-        // thread writes them, and the mapping lives as long as `self`.
-        unsafe {
-            let to = self.map.as_mut_ptr().add(at);
-            std::ptr::copy_nonoverlapping(SEQ_PREFIX.as_ptr(), to, SEQ_PREFIX.len());
-            let to = to.add(SEQ_PREFIX.len());
-            std::ptr::copy_nonoverlapping(seq.as_ptr(), to, seq.len());
-            let to = to.add(seq.len());
-            std::ptr::copy_nonoverlapping(fields.as_ptr(), to, fields.len());
-        }
-        self.copied.fetch_add(1, Ordering::Release);
-    }
-
-    /// Takes no more records; returns how many it took and the bytes they use.
-    fn close(&self) -> (u64, u64) {
-        let state = self.state.fetch_or(CLOSED, Ordering::AcqRel);
-        ((state >> COUNT_SHIFT) & COUNT_MAX, state & BYTES_MASK)
-    }
-
-    /// Records claimed whose copy is not complete yet.
-    fn in_flight(&self) -> usize {
-        let claimed = (self.state.load(Ordering::Acquire) >> COUNT_SHIFT) & COUNT_MAX;
-        claimed.saturating_sub(self.copied.load(Ordering::Acquire)) as usize
-    }
-}
-
-fn digits(n: u64) -> usize {
-    n.checked_ilog10().map_or(1, |d| d as usize + 1)
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf only reads a system constant.
-    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        n if n > 0 => n as u64,
-        _ => 4096,
-    }
-}
-
-thread_local! {
-    /// The record being written, as a line without its `{"seq":N` (reused between records).
-    static FIELDS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-impl Journal {
-    /// Continues the newest segment, repaired, or starts one.
-    fn open(opts: Options) -> Result<Journal, String> {
-        let files = segments(&opts.dir);
-        // The newest segment is continued when no other process is writing it. Having been
-        // the newest, it is the one a crash can have left mid-copy: a segment is complete and
-        // cut to size before its writer starts the next one.
-        let newest = match files.last() {
-            Some(path) => continue_segment(path, opts.segment_bytes)?,
-            None => None,
-        };
-        let last = files.last().map_or(0, |p| last_seq(p));
-        let (segment, start) = match newest {
-            Some((segment, len)) => (segment, len),
-            None => (new_segment(&opts.dir, last + 1)?, 0),
-        };
-        let capacity = chunk_capacity(&opts, start, 0);
-        let chunk = Chunk::new(segment, start, last + 1, capacity)?;
-        Ok(Journal {
-            opts,
-            current: ArcSwap::from_pointee(chunk),
-            rolling: Mutex::new(()),
-            retired: Mutex::new(Vec::new()),
-            dirty: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-        })
-    }
-
-    fn write(&self, record: &AuditRecord) -> Result<(), String> {
-        FIELDS.with_borrow_mut(|fields| {
-            fields.clear();
-            record.write_json_fields(fields);
-            fields.push(b'\n');
-            let mut chunk = self.current.load();
-            let claim = loop {
-                if let Some(claim) = chunk.claim(fields.len()) {
-                    break claim;
-                }
-                self.roll(&chunk, fields.len())?;
-                chunk = self.current.load();
-            };
-            chunk.fill(&claim, fields);
-            if !self.dirty.load(Ordering::Relaxed) {
-                self.dirty.store(true, Ordering::Relaxed);
-            }
-            // One outsized record must not keep its buffer's size for the thread's life.
-            if fields.capacity() > 64 * 1024 {
-                *fields = Vec::new();
-            }
-            Ok(())
-        })
-    }
-
-    /// Replaces the chunk `full` (closed, or without room for a line of `fields` bytes after
-    /// its number) with the next one, unless another thread has done so already.
-    fn roll(&self, full: &Arc<Chunk>, fields: usize) -> Result<(), String> {
-        let _rolling = self.rolling.lock().unwrap_or_else(|p| p.into_inner());
-        if !Arc::ptr_eq(&self.current.load(), full) {
-            return Ok(());
-        }
-        let (count, used) = full.close();
-        let end = full.start + used;
-        let first_seq = full.first_seq + count;
-        let next = if end >= self.opts.segment_bytes {
-            // The copies still running in the full chunk (all before `end`) finish before the
-            // next segment exists, so that the segment is complete when the syncer flushes it
-            // once more. A copy takes microseconds.
-            while full.copied.load(Ordering::Acquire) < count {
-                std::thread::yield_now();
-            }
-            full.segment
-                .file
-                .set_len(end)
-                .map_err(|e| format!("cannot cut {}: {e}", full.segment.path.display()))?;
-            let segment = new_segment(&self.opts.dir, first_seq)?;
-            let next = Chunk::new(segment, 0, first_seq, chunk_capacity(&self.opts, 0, fields))?;
-            self.retired
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(full.clone());
-            next
-        } else {
-            let capacity = chunk_capacity(&self.opts, end, fields);
-            Chunk::new(full.segment.clone(), end, first_seq, capacity)?
-        };
-        self.current.store(Arc::new(next));
-        Ok(())
-    }
-
-    /// Flushes the segment being written every `SYNC_EVERY` when records were added, syncs
-    /// retired segments once more, and applies retention.
-    fn run_syncer(&self) {
-        let mut last_retention = Instant::now() - RETENTION_EVERY;
-        loop {
-            std::thread::sleep(SYNC_EVERY);
-            if self.stop.load(Ordering::Relaxed) {
-                return;
-            }
-            if self.dirty.swap(false, Ordering::AcqRel)
-                && let Err(e) = self.current.load().segment.file.sync_data()
-            {
-                tracing::error!("cannot sync the audit journal: {e}");
-            }
-            self.retired
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .drain(..)
-                .for_each(|chunk| {
-                    if let Err(e) = chunk.segment.file.sync_data() {
-                        tracing::error!("cannot sync the audit journal: {e}");
-                    }
-                });
-            if last_retention.elapsed() >= RETENTION_EVERY {
-                last_retention = Instant::now();
-                self.retention();
-            }
-        }
-    }
-
-    /// Deletes whole segments past the age or total-size limit, never one being written (by
-    /// this process or another).
-    fn retention(&self) {
-        let mut files = segments(&self.opts.dir);
-        let current = self.current.load();
-        files.retain(|p| *p != current.segment.path && !being_written(p));
-        let current_size = current.start + (current.state.load(Ordering::Relaxed) & BYTES_MASK);
-        let max_age = Duration::from_secs(self.opts.retention_days * 86_400);
-        let mut sizes: Vec<(PathBuf, u64, SystemTime)> = files
-            .into_iter()
-            .filter_map(|p| {
-                let m = std::fs::metadata(&p).ok()?;
-                Some((p, m.len(), m.modified().ok()?))
-            })
-            .collect();
-        let mut total: u64 = sizes.iter().map(|s| s.1).sum::<u64>() + current_size;
-        sizes.reverse();
-        while let Some((path, len, modified)) = sizes.pop() {
-            let too_old = modified.elapsed().is_ok_and(|age| age > max_age);
-            if !(too_old || total > self.opts.max_bytes) {
-                break;
-            }
-            match std::fs::remove_file(&path) {
-                Ok(()) => {
-                    total -= len;
-                    tracing::info!(segment = %path.display(), "audit segment removed by retention");
-                }
-                Err(e) => {
-                    tracing::error!(segment = %path.display(), "cannot remove audit segment: {e}")
-                }
-            }
-        }
-    }
-}
-
-/// How many bytes the chunk at `start` gets: `CHUNK_BYTES`, less near the segment's size so
-/// that segments roll close to it, and never too few for a line of `fields` bytes.
-fn chunk_capacity(opts: &Options, start: u64, fields: usize) -> u64 {
-    let room = opts.segment_bytes.saturating_sub(start).min(CHUNK_BYTES);
-    room.max((fields + LINE_OVERHEAD) as u64).max(1)
-}
-
-/// A new segment named after its first record, locked for this process. Another process may
-/// have used that name already (each numbers its own records): then the next free number
-/// names it.
-fn new_segment(dir: &Path, first_seq: u64) -> Result<Arc<Segment>, String> {
-    let mut n = first_seq;
-    loop {
-        let path = dir.join(format!("audit-{n:020}.jsonl"));
-        match OpenOptions::new()
-            .create_new(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-        {
-            Ok(file) => {
-                lock_segment(&file, true)
-                    .map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
-                return Ok(Arc::new(Segment { file, path }));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
-            Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
-        }
-    }
-}
-
-/// The newest segment, locked, repaired and with its length, when no other process is
-/// writing it and it has room.
-fn continue_segment(
-    path: &Path,
-    segment_bytes: u64,
-) -> Result<Option<(Arc<Segment>, u64)>, String> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    if lock_segment(&file, false).is_err() {
-        return Ok(None);
-    }
-    repair(path)?;
-    let len = file
-        .metadata()
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .len();
-    if len >= segment_bytes {
-        return Ok(None);
-    }
-    let segment = Segment {
-        file,
-        path: path.to_path_buf(),
-    };
-    Ok(Some((Arc::new(segment), len)))
-}
-
 #[cfg(test)]
 impl Audit {
     /// Ends like a killed process: nothing cut to size or synced (the syncer stops).
     fn crash(self) {
-        if let Some(journal) = &self.journal {
-            journal.stop.store(true, Ordering::Relaxed);
-            let fd = journal.current.load().segment.file.as_raw_fd();
+        if let Some(writer) = &self.writer {
+            writer.stop.store(true, Ordering::Relaxed);
             // SAFETY: a plain system call; the descriptor stays open (leaked with `self`).
-            unsafe { libc::flock(fd, libc::LOCK_UN) };
+            unsafe { libc::flock(writer._lock.as_raw_fd(), libc::LOCK_UN) };
         }
         std::mem::forget(self);
     }
@@ -792,6 +518,7 @@ mod tests {
             retention_days: 30,
             max_bytes: u64::MAX,
             segment_bytes: 64 * 1024 * 1024,
+            shared: false,
         }
     }
 
@@ -939,6 +666,12 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_writers_across_segments_of_several_chunks() {
+        // About 6 MB of records in segments of three chunks or so.
+        concurrent_writers(2_500_000, 4, 6_000);
+    }
+
+    #[test]
     fn concurrent_writers_across_segments() {
         concurrent_writers(20_000, 4, 1_500);
     }
@@ -947,7 +680,7 @@ mod tests {
     fn a_record_larger_than_a_chunk_gets_a_chunk_of_its_own() {
         let dir = tempfile::tempdir().unwrap();
         let audit = Audit::open(options(dir.path())).unwrap();
-        let big = "b".repeat(3 * CHUNK_BYTES as usize);
+        let big = "b".repeat(3 << 20); // three chunks
         audit.write(rec("small"));
         audit.write(rec(&big));
         audit.write(rec("after"));
@@ -1043,8 +776,7 @@ mod tests {
         assert_eq!(seqs(dir.path(), &Query::default()), vec![1, 3]);
         {
             // The same bytes in a segment a process is writing: maybe a copy in progress.
-            let running = File::open(&older).unwrap();
-            lock_segment(&running, false).unwrap();
+            let _gateway = lock_dir(dir.path(), true).unwrap();
             let q = Query::default();
             assert_eq!(seqs(dir.path(), &q), vec![1], "stops at the gap");
         }
@@ -1074,38 +806,95 @@ mod tests {
         assert!(!dir.path().join("off").exists());
     }
 
-    /// Two journals open on one directory at once (two local-mode processes): each writes a
-    /// segment of its own, never the other's, and readers see every record. A journal that
-    /// wrote nothing leaves no file.
+    /// Local-mode processes share a directory, appending to one segment; a gateway writes
+    /// one alone: it does not start beside either, nor they beside it.
     #[test]
-    fn two_writers_side_by_side_write_segments_of_their_own() {
+    fn local_mode_journals_share_a_directory_a_gateway_s_does_not() {
         let dir = tempfile::tempdir().unwrap();
-        let first = Audit::open(options(dir.path())).unwrap();
+        let local = Options {
+            shared: true,
+            ..options(dir.path())
+        };
+        let first = Audit::open(local.clone()).unwrap();
         first.write(rec("first-1"));
-        let second = Audit::open(options(dir.path())).unwrap();
+        let second = Audit::open(local.clone()).unwrap();
         second.write(rec("second-1"));
         first.write(rec("first-2"));
-        second.write(rec("second-2"));
-        assert_eq!(segments(dir.path()).len(), 2);
-        let idle = Audit::open(options(dir.path())).unwrap();
-        assert_eq!(segments(dir.path()).len(), 3);
-        drop(idle);
-        assert_eq!(
-            segments(dir.path()).len(),
-            2,
-            "an idle journal leaves no file"
-        );
-        let mut tools: Vec<String> = Audit::read(dir.path(), &Query::default())
+        assert_eq!(segments(dir.path()).len(), 1);
+        let tools: Vec<String> = Audit::read(dir.path(), &Query::default())
             .unwrap()
             .into_iter()
             .filter_map(|r| r.tool.map(|t| t.to_string()))
             .collect();
-        tools.sort();
-        assert_eq!(tools, ["first-1", "first-2", "second-1", "second-2"]);
+        assert_eq!(tools, ["first-1", "second-1", "first-2"]);
+        // Each numbers its own records, from the last number it found (as before the gateway
+        // had a writer of its own): local mode's numbers can repeat.
+        let seqs: Vec<u64> = seqs(dir.path(), &Query::default());
+        assert_eq!(seqs, [1, 2, 2]);
+        let gateway = Audit::open(options(dir.path()));
+        assert!(
+            gateway.is_err_and(|e| e.0.contains("being written by another process")),
+            "a gateway beside local mode"
+        );
         drop((first, second));
-        for segment in segments(dir.path()) {
-            assert!(!std::fs::read(&segment).unwrap().contains(&0));
-        }
+        let gateway = Audit::open(options(dir.path())).unwrap();
+        gateway.write(rec("gateway"));
+        assert!(
+            Audit::open(options(dir.path())).is_err(),
+            "a second gateway"
+        );
+        assert!(
+            Audit::open(local).is_err_and(|e| e.0.contains("by a gateway")),
+            "local mode beside a gateway"
+        );
+        drop(gateway);
+        let all = Audit::read(dir.path(), &Query::default()).unwrap();
+        assert_eq!(all.last().unwrap().tool.as_deref(), Some("gateway"));
+        assert_eq!(
+            all.last().unwrap().seq,
+            3,
+            "a gateway numbers on from the highest"
+        );
+    }
+
+    /// Local mode starting on what a crashed gateway left mends it first, then appends.
+    #[test]
+    fn local_mode_mends_a_crashed_gateway_s_segment_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = Audit::open(options(dir.path())).unwrap();
+        gateway.write(rec("gateway"));
+        gateway.crash();
+        let segment = segments(dir.path()).pop().unwrap();
+        assert!(std::fs::read(&segment).unwrap().contains(&0));
+        let local = Audit::open(Options {
+            shared: true,
+            ..options(dir.path())
+        })
+        .unwrap();
+        local.write(rec("local"));
+        assert!(!std::fs::read(&segment).unwrap().contains(&0));
+        let tools: Vec<Option<Arc<str>>> = Audit::read(dir.path(), &Query::default())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.tool)
+            .collect();
+        assert_eq!(tools, [Some("gateway".into()), Some("local".into())]);
+        assert_eq!(seqs(dir.path(), &Query::default()), [1, 2]);
+    }
+
+    /// A journal opened and closed without a record (a gateway that served nothing) leaves
+    /// the segment as it was.
+    #[test]
+    fn a_journal_that_wrote_nothing_leaves_no_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Audit::open(options(dir.path())).unwrap());
+        assert!(segments(dir.path()).is_empty());
+        let audit = Audit::open(options(dir.path())).unwrap();
+        audit.write(rec("one"));
+        drop(audit);
+        let before = std::fs::read(&segments(dir.path())[0]).unwrap();
+        drop(Audit::open(options(dir.path())).unwrap());
+        assert_eq!(std::fs::read(&segments(dir.path())[0]).unwrap(), before);
     }
 
     /// An empty newest segment (a start that wrote nothing, then a crash) still numbers on

@@ -3,14 +3,16 @@
 //! version, and what the server answered.
 //!
 //! - `record`: the record and how arguments are written into it (keys, redacted, full).
-//! - `journal`: JSONL segments under `state_dir/audit/`, written through shared memory maps,
-//!   retention, and reading records back for `audit tail|query|export`.
+//! - `journal`: JSONL segments under `state_dir/audit/` (the gateway's writer through shared
+//!   memory maps, local mode's by appending), retention, and reading records back for
+//!   `audit tail|query|export`.
 //!
-//! Durability: before the agent gets its answer, the calling thread copies the record into a
-//! shared mapping of the segment file, that is into the kernel's page cache: no system call,
-//! no other thread woken, and no disk I/O on the request path. The segment is flushed to disk
-//! (fdatasync) every 100 ms. So a crash of the gateway (SIGKILL included) loses no record of
-//! an answered call; a power loss can lose the last 100 ms.
+//! Durability: before the agent gets its answer, the record is in the kernel's page cache:
+//! the gateway's serving thread copies it into a shared mapping of the segment file (no
+//! system call, no other thread woken, no disk I/O on the request path); local mode appends
+//! it with one `write(2)`. Segments are flushed to disk (fdatasync) every 100 ms. So a crash
+//! (SIGKILL included) loses no record of an answered call; a power loss can lose the last
+//! 100 ms.
 
 pub mod journal;
 pub mod record;

@@ -51,6 +51,8 @@ pub struct LocalOptions {
 /// The in-process gateway of local mode.
 pub fn local_config(opts: &LocalOptions) -> Config {
     let mut cfg = Config::embedded_defaults();
+    // An agent starts one local-mode process per server, all with the same state folder.
+    cfg.audit.shared_journal = true;
     // A client starts local mode from any folder (often `/`): keep state in the user's state
     // folder unless told otherwise.
     cfg.state_dir = match &opts.state_dir {
