@@ -198,10 +198,8 @@ impl Audit {
         let files = segments(dir);
         let live = gateway_writing(dir);
         for (i, segment) in files.iter().enumerate() {
-            for_each_line(segment, live && i + 1 == files.len(), |line| {
-                if let Ok(r) = serde_json::from_slice::<AuditRecord>(line)
-                    && query.matches(&r, since, until)
-                {
+            for_each_record(segment, live && i + 1 == files.len(), |r| {
+                if query.matches(&r, since, until) {
                     out.push(r);
                 }
             });
@@ -231,6 +229,10 @@ impl Drop for Audit {
             if let Err(e) = closed {
                 tracing::error!("cannot close the audit journal: {e}");
             }
+            // Released now, not when the syncer thread next wakes and drops the writer: a
+            // journal opened again in this process takes it at once.
+            // SAFETY: a plain system call on a descriptor the writer keeps open.
+            unsafe { libc::flock(writer._lock.as_raw_fd(), libc::LOCK_UN) };
         }
     }
 }
@@ -260,7 +262,8 @@ impl Writer {
     }
 
     /// Deletes whole segments past the age or total-size limit, oldest first; never the
-    /// newest, nor the one this process writes.
+    /// newest, nor the one this process writes (local-mode processes that share the
+    /// directory move to the newest when theirs is full or gone).
     fn retention(&self) {
         let (current, current_size) = match &self.kind {
             Kind::Mapped(m) => (m.current_path(), m.current_size()),
@@ -297,14 +300,16 @@ impl Writer {
     }
 }
 
-/// Calls `f` with each complete record line (without its newline) of a segment. `live` is
-/// the newest segment while a gateway writes the journal: there a zero byte is where the
-/// written part ends for now (a record still being copied, after which others may be
-/// complete already), so reading stops, and a reader that follows the journal by sequence
-/// number never passes a record that is about to appear. Elsewhere zeros are a gap a crash
-/// left (a record that was never copied in full), and a line resumes after them. Only lines
-/// that start as records do (`{"seq":`) are records: a piece of a torn one is not.
-fn for_each_line(path: &Path, live: bool, mut f: impl FnMut(&[u8])) {
+/// Calls `f` with each record of a segment, from its complete lines. `live` is the newest
+/// segment while a gateway writes the journal: there a zero byte is where the written part
+/// ends for now (a record still being copied, after which others may be complete already),
+/// so reading stops, and a reader that follows the journal by sequence number never passes a
+/// record that is about to appear. Elsewhere zeros are a gap a crash left (a record that was
+/// never copied in full), and a line resumes after them. A line that is not a record is
+/// tried again from each later `{"seq":` in it, which no JSON string holds: local mode's next
+/// record after a torn one (a write cut short) is glued to it.
+fn for_each_record(path: &Path, live: bool, mut f: impl FnMut(AuditRecord)) {
+    const START: &[u8] = b"{\"seq\":";
     let Ok(file) = File::open(path) else { return };
     let mut reader = BufReader::new(file);
     let mut line = Vec::new();
@@ -319,13 +324,18 @@ fn for_each_line(path: &Path, live: bool, mut f: impl FnMut(&[u8])) {
         let Some((b'\n', text)) = line.split_last() else {
             return;
         };
-        let text = match text.iter().rposition(|&b| b == 0) {
+        let mut text = match text.iter().rposition(|&b| b == 0) {
             Some(_) if live => return,
             Some(zero) => &text[zero + 1..],
             None => text,
         };
-        if text.starts_with(b"{\"seq\":") {
-            f(text);
+        while let Some(at) = text.windows(START.len()).position(|w| w == START) {
+            text = &text[at..];
+            if let Ok(r) = serde_json::from_slice::<AuditRecord>(text) {
+                f(r);
+                break;
+            }
+            text = &text[1..];
         }
     }
 }
@@ -333,13 +343,20 @@ fn for_each_line(path: &Path, live: bool, mut f: impl FnMut(&[u8])) {
 /// The directory's lock file: the gateway (`mapped` writer) holds an exclusive `flock` on it
 /// while it writes; local-mode processes (`appended`) hold a shared one. So a gateway and
 /// local-mode processes never write one directory at once, and readers learn whether a zero
-/// byte in the newest segment may be a copy in progress (see `for_each_line`).
+/// byte in the newest segment may be a copy in progress (see `for_each_record`).
 const WRITERS_LOCK: &str = "writers.lock";
+const LOCK_WAIT: Duration = if cfg!(test) {
+    // The unit tests that expect a refusal need not wait as long.
+    Duration::from_millis(200)
+} else {
+    Duration::from_secs(5)
+};
 
 /// Takes the directory's lock for a writer. Local mode (`exclusive` false) takes it
 /// exclusively first when it can, to repair the newest segment while no other process
-/// writes it, then shares it. A reader's check holds the lock shared for a moment, so a
-/// taken lock is tried again for up to a second.
+/// writes it, then shares it. A reader's check holds the lock shared for a moment, and a
+/// local-mode start holds it exclusively while it repairs, so a taken lock is tried again
+/// for up to `LOCK_WAIT`.
 fn lock_dir(dir: &Path, exclusive: bool) -> Result<File, String> {
     let path = dir.join(WRITERS_LOCK);
     let file = OpenOptions::new()
@@ -358,8 +375,8 @@ fn lock_dir(dir: &Path, exclusive: bool) -> Result<File, String> {
                 return Ok(file);
             }
             // The only writer: what a crash left can be mended before appending. Turning
-            // the lock into a shared one drops it first: a gateway starting in that instant
-            // makes this start fail below.
+            // the lock into a shared one may drop it first (flock(2)): a gateway starting in
+            // that instant makes this start fail below.
             let repaired = segments(dir).pop().map_or(Ok(()), |newest| repair(&newest));
             if !lock(libc::LOCK_SH) {
                 break;
@@ -371,7 +388,7 @@ fn lock_dir(dir: &Path, exclusive: bool) -> Result<File, String> {
         if !exclusive && lock(libc::LOCK_SH) {
             return Ok(file);
         }
-        if started.elapsed() > Duration::from_secs(1) {
+        if started.elapsed() > LOCK_WAIT {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -382,7 +399,7 @@ fn lock_dir(dir: &Path, exclusive: bool) -> Result<File, String> {
         if exclusive {
             "another process (a gateway, or local mode)"
         } else {
-            "a gateway (toolgate serve)"
+            "a gateway (toolgate serve), or a local-mode start is still repairing it"
         }
     ))
 }
@@ -435,11 +452,7 @@ fn last_seq(segment: &Path) -> u64 {
             .ok()
     });
     let mut last = named.map_or(0, |first| first.saturating_sub(1));
-    for_each_line(segment, true, |line| {
-        if let Ok(r) = serde_json::from_slice::<AuditRecord>(line) {
-            last = last.max(r.seq);
-        }
-    });
+    for_each_record(segment, false, |r| last = last.max(r.seq));
     last
 }
 
@@ -461,6 +474,11 @@ fn repair(path: &Path) -> Result<(), String> {
         let n = file.read(&mut block).map_err(fail)?;
         if n == 0 {
             break;
+        }
+        // Most blocks hold no zero: one fast search (memchr) each.
+        if !block[..n].contains(&0) {
+            at += n as u64;
+            continue;
         }
         for (i, &b) in block[..n].iter().enumerate() {
             if b == 0 {
@@ -880,6 +898,61 @@ mod tests {
             .collect();
         assert_eq!(tools, [Some("gateway".into()), Some("local".into())]);
         assert_eq!(seqs(dir.path(), &Query::default()), [1, 2]);
+    }
+
+    /// Local-mode processes follow each other onto the newest segment when theirs is full
+    /// (by its size on disk) or deleted (another process's retention), and a record glued to
+    /// a torn one still reads.
+    #[test]
+    fn local_mode_follows_the_newest_segment_and_reads_past_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Options {
+            shared: true,
+            segment_bytes: 2_000,
+            ..options(dir.path())
+        };
+        let busy = Audit::open(local.clone()).unwrap();
+        let quiet = Audit::open(local).unwrap();
+        quiet.write(rec("quiet-1"));
+        for i in 0..20 {
+            busy.write(rec(&format!("busy-{i}")));
+        }
+        quiet.write(rec("quiet-2"));
+        let newest = segments(dir.path()).pop().unwrap();
+        let in_newest = |tool: &str| {
+            let mut found = false;
+            for_each_record(&newest, false, |r| found |= r.tool.as_deref() == Some(tool));
+            found
+        };
+        assert!(
+            in_newest("quiet-2"),
+            "the quiet process moved to the newest segment"
+        );
+        std::fs::remove_file(&newest).unwrap();
+        quiet.write(rec("quiet-3"));
+        let tools: Vec<String> = Audit::read(dir.path(), &Query::default())
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| r.tool.map(|t| t.to_string()))
+            .collect();
+        assert!(tools.contains(&"quiet-3".to_string()), "{tools:?}");
+        drop((busy, quiet));
+
+        let torn = tempfile::tempdir().unwrap();
+        let line = |seq: u64, tool: &str| {
+            let mut r = rec(tool);
+            r.seq = seq;
+            let mut out = Vec::new();
+            r.write_json(&mut out);
+            out
+        };
+        let mut bytes = line(1, "one");
+        bytes.push(b'\n');
+        bytes.extend_from_slice(&line(2, "two")[..15]);
+        bytes.extend_from_slice(&line(3, "three"));
+        bytes.push(b'\n');
+        std::fs::write(torn.path().join("audit-00000000000000000001.jsonl"), bytes).unwrap();
+        assert_eq!(seqs(torn.path(), &Query::default()), [1, 3]);
     }
 
     /// A journal opened and closed without a record (a gateway that served nothing) leaves

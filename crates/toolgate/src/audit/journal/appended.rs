@@ -3,14 +3,15 @@
 //! state directory and append to the same segment; each line arrives whole, and each process
 //! numbers its own records from the last number it found, so numbers can repeat between
 //! processes. One agent's calls come one at a time, so the write happens on the calling
-//! thread, under this process's lock: a few microseconds into the page cache, where a crash
-//! does not lose it.
+//! thread, under this process's lock: a copy into the page cache, where a crash does not
+//! lose it. The syncer flushes outside that lock.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::{Options, last_seq, segment_path, segments};
 use crate::audit::record::AuditRecord;
@@ -18,15 +19,18 @@ use crate::audit::record::AuditRecord;
 pub(super) struct AppendedJournal {
     opts: Options,
     state: Mutex<Appending>,
+    /// Segments left for a newer one: synced once more by the syncer.
+    retired: Mutex<Vec<Arc<File>>>,
     dirty: AtomicBool,
 }
 
 struct Appending {
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
-    size: u64,
     seq: u64,
     line: Vec<u8>,
+    /// A write failed part-way: the next line starts on a line of its own.
+    torn: bool,
 }
 
 impl AppendedJournal {
@@ -35,16 +39,17 @@ impl AppendedJournal {
         let newest = segments(&opts.dir).pop();
         let seq = newest.as_deref().map_or(0, last_seq);
         let path = newest.unwrap_or_else(|| segment_path(&opts.dir, seq + 1));
-        let (file, size) = open_appending(&path)?;
+        let file = open_appending(&path)?;
         Ok(AppendedJournal {
             opts,
             state: Mutex::new(Appending {
                 file,
                 path,
-                size,
                 seq,
                 line: Vec::new(),
+                torn: false,
             }),
+            retired: Mutex::new(Vec::new()),
             dirty: AtomicBool::new(false),
         })
     }
@@ -52,28 +57,73 @@ impl AppendedJournal {
     pub(super) fn write(&self, record: &AuditRecord) -> Result<(), String> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let state = &mut *state;
-        if state.size >= self.opts.segment_bytes {
-            let path = segment_path(&self.opts.dir, state.seq + 1);
-            let (file, size) = open_appending(&path)?;
-            (state.file, state.path, state.size) = (file, path, size);
-        }
+        self.follow_the_newest(state)?;
         state.seq += 1;
         state.line.clear();
+        if state.torn {
+            state.line.push(b'\n');
+        }
         record.write_json_with_seq(state.seq, &mut state.line);
         state.line.push(b'\n');
-        state
-            .file
-            .write_all(&state.line)
-            .map_err(|e| format!("cannot write {}: {e}", state.path.display()))?;
-        state.size += state.line.len() as u64;
+        let written = (&*state.file).write_all(&state.line);
+        state.torn = written.is_err();
+        written.map_err(|e| format!("cannot write {}: {e}", state.path.display()))?;
         self.dirty.store(true, Ordering::Relaxed);
         Ok(())
     }
 
+    /// Moves on when the segment is full or gone (another process's retention), by its size
+    /// on disk, which the other local-mode processes grow too: to the newest segment when
+    /// another process has started one, else to a new one. So the processes sharing a
+    /// directory keep appending to one segment.
+    fn follow_the_newest(&self, state: &mut Appending) -> Result<(), String> {
+        let meta = state
+            .file
+            .metadata()
+            .map_err(|e| format!("cannot read {}: {e}", state.path.display()))?;
+        if meta.nlink() > 0 && meta.len() < self.opts.segment_bytes {
+            return Ok(());
+        }
+        let newest = segments(&self.opts.dir).pop();
+        if let Some(p) = &newest {
+            // Numbered on from the newest records, so that a new segment's name sorts last.
+            state.seq = state.seq.max(last_seq(p));
+        }
+        let path = match newest {
+            Some(p)
+                if p != state.path
+                    && std::fs::metadata(&p).is_ok_and(|m| m.len() < self.opts.segment_bytes) =>
+            {
+                p
+            }
+            _ => segment_path(&self.opts.dir, state.seq + 1),
+        };
+        let file = open_appending(&path)?;
+        let old = std::mem::replace(&mut state.file, file);
+        state.path = path;
+        state.torn = false;
+        self.retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(old);
+        Ok(())
+    }
+
     pub(super) fn sync(&self) -> std::io::Result<()> {
+        let retired: Vec<Arc<File>> =
+            std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
+        for file in retired {
+            file.sync_data()?;
+        }
         if self.dirty.swap(false, Ordering::AcqRel) {
-            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            state.file.sync_data()?;
+            // Flushed outside the writers' lock: an fdatasync can take milliseconds.
+            let file = self
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .file
+                .clone();
+            file.sync_data()?;
         }
         Ok(())
     }
@@ -87,16 +137,21 @@ impl AppendedJournal {
     }
 
     pub(super) fn current_size(&self) -> u64 {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).size
+        let file = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .file
+            .clone();
+        file.metadata().map_or(0, |m| m.len())
     }
 }
 
-fn open_appending(path: &Path) -> Result<(File, u64), String> {
+fn open_appending(path: &Path) -> Result<Arc<File>, String> {
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    Ok((file, size))
+    Ok(Arc::new(file))
 }

@@ -20,7 +20,7 @@
 //! the chunk full adds the next one (under a lock taken once per chunk) and, at the segment's
 //! size, waits for the segment's last copies, cuts it to size and starts the next segment:
 //! only the newest segment ever has a copy in progress. Bytes not yet copied read as zeros
-//! (see `for_each_line`). One process at a time writes a journal this way (the directory
+//! (see `for_each_record`). One process at a time writes a journal this way (the directory
 //! lock, see `lock_dir`).
 
 use std::fs::{File, OpenOptions};
@@ -58,6 +58,9 @@ pub(super) struct MappedJournal {
     dirty: AtomicBool,
     /// A segment file was created since the directory was last synced.
     created: AtomicBool,
+    /// Held while syncing, so that `close` waits for a sync the syncer has begun (of a
+    /// retired segment it has taken, say).
+    syncing: Mutex<()>,
 }
 
 /// A segment file, shared by its chunks.
@@ -185,7 +188,10 @@ impl Chunk {
         );
         // SAFETY: `claim` gave this thread the bytes from `at` for exactly this line's length
         // (prefix, digits, fields), inside the mapping (`claim` checks the capacity); no other
-        // thread writes them, and the mapping lives as long as `self`.
+        // thread writes them, and the mapping lives as long as `self`. The file is not cut
+        // below them meanwhile: `roll` cuts a segment only after every claimed copy into it
+        // is done, `close` runs with no writer left, and no other process writes or repairs
+        // the directory while this one holds its lock.
         unsafe {
             let to = self.map.as_mut_ptr().add(at);
             std::ptr::copy_nonoverlapping(SEQ_PREFIX.as_ptr(), to, SEQ_PREFIX.len());
@@ -264,6 +270,7 @@ impl MappedJournal {
             retired: Mutex::new(Vec::new()),
             dirty: AtomicBool::new(false),
             created: AtomicBool::new(segment.new),
+            syncing: Mutex::new(()),
         })
     }
 
@@ -335,6 +342,7 @@ impl MappedJournal {
 
     /// Flushes what was written since the last call (the syncer's tick).
     pub(super) fn sync(&self) -> std::io::Result<()> {
+        let _syncing = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
         let retired: Vec<Arc<Segment>> =
             std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
         for segment in retired {
@@ -390,8 +398,8 @@ fn chunk_capacity(opts: &Options, start: u64, fields: usize) -> u64 {
 }
 
 fn open_segment(path: &Path, new: bool, first_seq: u64) -> Result<Arc<Segment>, String> {
-    // A new segment's name is past every record of the directory (the caller holds its
-    // lock), so no file has it; `create_new` makes sure.
+    // A new segment is named past the newest segment's records (the caller holds the
+    // directory's lock), so no file has the name; `create_new` makes sure.
     let file = OpenOptions::new()
         .create_new(new)
         .read(true)
