@@ -117,13 +117,7 @@ impl AppendedJournal {
         }
         if self.dirty.swap(false, Ordering::AcqRel) {
             // Flushed outside the writers' lock: an fdatasync can take milliseconds.
-            let file = self
-                .state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .file
-                .clone();
-            file.sync_data()?;
+            self.current_file().sync_data()?;
         }
         Ok(())
     }
@@ -137,13 +131,12 @@ impl AppendedJournal {
     }
 
     pub(super) fn current_size(&self) -> u64 {
-        let file = self
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .file
-            .clone();
-        file.metadata().map_or(0, |m| m.len())
+        self.current_file().metadata().map_or(0, |m| m.len())
+    }
+
+    fn current_file(&self) -> Arc<File> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.file.clone()
     }
 }
 
