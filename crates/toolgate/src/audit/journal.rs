@@ -194,16 +194,30 @@ impl Audit {
     /// Reads records back (oldest first), from a journal directory.
     pub fn read(dir: &Path, query: &Query) -> Result<Vec<AuditRecord>, String> {
         let (since, until) = query.bounds()?;
-        let mut out = Vec::new();
-        let files = segments(dir);
-        let live = gateway_writing(dir);
-        for (i, segment) in files.iter().enumerate() {
-            for_each_record(segment, live && i + 1 == files.len(), |r| {
-                if query.matches(&r, since, until) {
-                    out.push(r);
-                }
-            });
-        }
+        let read = |live: bool| {
+            let mut out = Vec::new();
+            let files = segments(dir);
+            for (i, segment) in files.iter().enumerate() {
+                for_each_record(segment, live && i + 1 == files.len(), |r| {
+                    if query.matches(&r, since, until) {
+                        out.push(r);
+                    }
+                });
+            }
+            out
+        };
+        let mut out = if gateway_writing(dir) {
+            read(true)
+        } else {
+            let out = read(false);
+            // A gateway that started meanwhile may have had a copy in progress, read as a
+            // crash's gap: read again as it is written.
+            if gateway_writing(dir) {
+                read(true)
+            } else {
+                out
+            }
+        };
         if let Some(limit) = query.limit
             && out.len() > limit
         {
