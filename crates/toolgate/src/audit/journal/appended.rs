@@ -22,6 +22,8 @@ pub(super) struct AppendedJournal {
     /// Segments left for a newer one: synced once more by the syncer.
     retired: Mutex<Vec<Arc<File>>>,
     dirty: AtomicBool,
+    /// This process may have created a segment since the directory was last synced.
+    created: AtomicBool,
 }
 
 struct Appending {
@@ -51,6 +53,7 @@ impl AppendedJournal {
             }),
             retired: Mutex::new(Vec::new()),
             dirty: AtomicBool::new(false),
+            created: AtomicBool::new(true),
         })
     }
 
@@ -102,6 +105,7 @@ impl AppendedJournal {
         let old = std::mem::replace(&mut state.file, file);
         state.path = path;
         state.torn = false;
+        self.created.store(true, Ordering::Release);
         self.retired
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -118,6 +122,9 @@ impl AppendedJournal {
         if self.dirty.swap(false, Ordering::AcqRel) {
             // Flushed outside the writers' lock: an fdatasync can take milliseconds.
             self.current_file().sync_data()?;
+        }
+        if self.created.swap(false, Ordering::AcqRel) {
+            File::open(&self.opts.dir)?.sync_all()?;
         }
         Ok(())
     }
