@@ -62,7 +62,7 @@ pub struct Audit {
 /// open), and what its syncer thread needs.
 struct Writer {
     kind: Kind,
-    _lock: File,
+    lock: File,
     opts: Options,
     stop: AtomicBool,
 }
@@ -70,6 +70,30 @@ struct Writer {
 enum Kind {
     Mapped(MappedJournal),
     Appended(AppendedJournal),
+}
+
+impl Kind {
+    fn write(&self, record: &AuditRecord) -> Result<(), String> {
+        match self {
+            Kind::Mapped(m) => m.write(record),
+            Kind::Appended(a) => a.write(record),
+        }
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        match self {
+            Kind::Mapped(m) => m.sync(),
+            Kind::Appended(a) => a.sync(),
+        }
+    }
+
+    /// The segment this process writes, and its size.
+    fn current(&self) -> (PathBuf, u64) {
+        match self {
+            Kind::Mapped(m) => (m.current_path(), m.current_size()),
+            Kind::Appended(a) => (a.current_path(), a.current_size()),
+        }
+    }
 }
 
 /// What to read back.
@@ -153,7 +177,7 @@ impl Audit {
         };
         let writer = Arc::new(Writer {
             kind,
-            _lock: lock,
+            lock,
             opts,
             stop: AtomicBool::new(false),
         });
@@ -182,11 +206,7 @@ impl Audit {
     /// loses it. An error (the disk is full, say) is logged and loses the record.
     pub fn write(&self, record: AuditRecord) {
         let Some(writer) = &self.writer else { return };
-        let written = match &writer.kind {
-            Kind::Mapped(m) => m.write(&record),
-            Kind::Appended(a) => a.write(&record),
-        };
-        if let Err(e) = written {
+        if let Err(e) = writer.kind.write(&record) {
             tracing::error!("cannot write the audit journal, a record is lost: {e}");
         }
     }
@@ -238,7 +258,7 @@ impl Drop for Audit {
             writer.stop.store(true, Ordering::Relaxed);
             let closed = match &writer.kind {
                 Kind::Mapped(m) => m.close(),
-                Kind::Appended(a) => a.sync(),
+                Kind::Appended(_) => writer.kind.sync(),
             };
             if let Err(e) = closed {
                 tracing::error!("cannot close the audit journal: {e}");
@@ -246,7 +266,7 @@ impl Drop for Audit {
             // Released now, not when the syncer thread next wakes and drops the writer: a
             // journal opened again in this process takes it at once.
             // SAFETY: a plain system call on a descriptor the writer keeps open.
-            unsafe { libc::flock(writer._lock.as_raw_fd(), libc::LOCK_UN) };
+            unsafe { libc::flock(writer.lock.as_raw_fd(), libc::LOCK_UN) };
         }
     }
 }
@@ -261,11 +281,7 @@ impl Writer {
             if self.stop.load(Ordering::Relaxed) {
                 return;
             }
-            let synced = match &self.kind {
-                Kind::Mapped(m) => m.sync(),
-                Kind::Appended(a) => a.sync(),
-            };
-            if let Err(e) = synced {
+            if let Err(e) = self.kind.sync() {
                 tracing::error!("cannot sync the audit journal: {e}");
             }
             if last_retention.elapsed() >= RETENTION_EVERY {
@@ -279,10 +295,7 @@ impl Writer {
     /// newest, nor the one this process writes (local-mode processes that share the
     /// directory move to the newest when theirs is full or gone).
     fn retention(&self) {
-        let (current, current_size) = match &self.kind {
-            Kind::Mapped(m) => (m.current_path(), m.current_size()),
-            Kind::Appended(a) => (a.current_path(), a.current_size()),
-        };
+        let (current, current_size) = self.kind.current();
         let mut files = segments(&self.opts.dir);
         files.pop();
         files.retain(|p| *p != current);
@@ -366,9 +379,10 @@ const LOCK_WAIT: Duration = if cfg!(test) {
     Duration::from_secs(5)
 };
 
-/// Takes the directory's lock for a writer. Local mode (`exclusive` false) takes it
-/// exclusively first when it can, to repair the newest segment while no other process
-/// writes it, then shares it. A reader's check holds the lock shared for a moment, and a
+/// Takes the directory's lock for a writer, and repairs the newest segment (the only one a
+/// crash can have left mid-copy) whenever no other process writes it: a gateway always, local
+/// mode (`exclusive` false) when it can take the lock exclusively first, before it shares
+/// it. A reader's check holds the lock shared for a moment, and a
 /// local-mode start holds it exclusively while it repairs, so a taken lock is tried again
 /// for up to `LOCK_WAIT`.
 fn lock_dir(dir: &Path, exclusive: bool) -> Result<File, String> {
@@ -385,14 +399,11 @@ fn lock_dir(dir: &Path, exclusive: bool) -> Result<File, String> {
     let started = Instant::now();
     loop {
         if lock(libc::LOCK_EX) {
-            if exclusive {
-                return Ok(file);
-            }
-            // The only writer: what a crash left can be mended before appending. Turning
-            // the lock into a shared one may drop it first (flock(2)): a gateway starting in
-            // that instant makes this start fail below.
+            // The only writer: what a crash left can be mended before writing.
             let repaired = segments(dir).pop().map_or(Ok(()), |newest| repair(&newest));
-            if !lock(libc::LOCK_SH) {
+            // Turning the lock into a shared one may drop it first (flock(2)): a gateway
+            // starting in that instant makes this start fail below.
+            if !exclusive && !lock(libc::LOCK_SH) {
                 break;
             }
             return repaired.map(|()| file);
@@ -531,7 +542,7 @@ impl Audit {
         if let Some(writer) = &self.writer {
             writer.stop.store(true, Ordering::Relaxed);
             // SAFETY: a plain system call; the descriptor stays open (leaked with `self`).
-            unsafe { libc::flock(writer._lock.as_raw_fd(), libc::LOCK_UN) };
+            unsafe { libc::flock(writer.lock.as_raw_fd(), libc::LOCK_UN) };
         }
         std::mem::forget(self);
     }
@@ -807,8 +818,14 @@ mod tests {
         std::fs::write(&older, &bytes).unwrap();
         assert_eq!(seqs(dir.path(), &Query::default()), vec![1, 3]);
         {
-            // The same bytes in a segment a process is writing: maybe a copy in progress.
-            let _gateway = lock_dir(dir.path(), true).unwrap();
+            // The same bytes in a segment a process is writing: maybe a copy in progress. (The
+            // lock taken as a gateway holds it, without the repair that `lock_dir` does.)
+            let gateway = File::create(dir.path().join(WRITERS_LOCK)).unwrap();
+            // SAFETY: a plain system call on a descriptor this test owns.
+            assert_eq!(
+                unsafe { libc::flock(gateway.as_raw_fd(), libc::LOCK_EX) },
+                0
+            );
             let q = Query::default();
             assert_eq!(seqs(dir.path(), &q), vec![1], "stops at the gap");
         }

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use super::{Options, last_seq, repair, segment_path, segments};
+use super::{Options, last_seq, segment_path, segments};
 use crate::audit::record::AuditRecord;
 
 /// How much the segment file grows at a time: one lock, `fallocate` and `mmap` per chunk
@@ -79,9 +79,8 @@ struct Segment {
 /// they claim.
 struct Chunk {
     segment: Arc<Segment>,
+    /// From `start` (memmap2 maps from the page boundary before it and hides that).
     map: memmap2::MmapRaw,
-    /// The file offset of the map's first byte (a page boundary at or before `start`).
-    map_offset: u64,
     /// The file offset of the chunk's first byte.
     start: u64,
     capacity: u64,
@@ -132,17 +131,14 @@ impl Chunk {
                     .map_err(|e| fail("extend", e))?;
             }
         }
-        let page = page_size();
-        let map_offset = start / page * page;
         let map = memmap2::MmapOptions::new()
-            .offset(map_offset)
-            .len((start + capacity - map_offset) as usize)
+            .offset(start)
+            .len(capacity as usize)
             .map_raw(&segment.file)
             .map_err(|e| fail("map", e))?;
         Ok(Chunk {
             segment,
             map,
-            map_offset,
             start,
             capacity,
             first_seq,
@@ -181,7 +177,7 @@ impl Chunk {
     fn fill(&self, claim: &Claim, fields: &[u8]) {
         let mut seq = itoa::Buffer::new();
         let seq = seq.format(claim.seq).as_bytes();
-        let at = (self.start - self.map_offset + claim.offset) as usize;
+        let at = claim.offset as usize;
         debug_assert!(
             at + SEQ_PREFIX.len() + seq.len() + fields.len() <= self.map.len(),
             "claimed within the chunk"
@@ -221,28 +217,17 @@ fn digits(n: u64) -> usize {
     n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
-fn page_size() -> u64 {
-    // SAFETY: sysconf only reads a system constant.
-    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        n if n > 0 => n as u64,
-        _ => 4096,
-    }
-}
-
 thread_local! {
     /// The record being written, as a line without its `{"seq":N` (reused between records).
     static FIELDS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl MappedJournal {
-    /// Continues the newest segment, repaired, or starts one. The caller holds the
-    /// directory's exclusive lock: no other process writes these files.
+    /// Continues the newest segment or starts one. The caller holds the directory's
+    /// exclusive lock, having repaired the newest segment: no other process writes these
+    /// files.
     pub(super) fn open(opts: Options) -> Result<MappedJournal, String> {
         let newest = segments(&opts.dir).pop();
-        if let Some(path) = &newest {
-            // The newest segment is the only one a crash can have left mid-copy.
-            repair(path)?;
-        }
         let last = newest.as_deref().map_or(0, last_seq);
         let continued = match &newest {
             Some(path) => {
