@@ -63,6 +63,24 @@ pub fn parse_strict(text: &str) -> Result<Value, JsonError> {
     Ok(value)
 }
 
+/// Strict JSON as one member of a larger message read with serde: the message's own parse reads
+/// it (`Option<Strict>` as a field), where `parse_strict` would scan again text that parse had
+/// already scanned, to keep it as raw text. The pointer of a duplicate key starts at this value.
+#[derive(Debug)]
+pub struct Strict(pub Value);
+
+impl<'de> de::Deserialize<'de> for Strict {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
+        Seed(At::Root).deserialize(d).map(Strict)
+    }
+}
+
+/// The error of a serde_json parse that read [`Strict`] values: a duplicate key in one of them is
+/// reported as `parse_strict` reports it (with its pointer); any other error keeps its text.
+pub fn strict_error(e: serde_json::Error) -> JsonError {
+    to_error(e)
+}
+
 fn to_error(e: serde_json::Error) -> JsonError {
     let text = e.to_string();
     if let Some(rest) = text.strip_prefix(DUPLICATE_MARK) {

@@ -238,7 +238,8 @@ impl Local {
             Err(r) => refuse!(r),
         };
         trail.method(msg.envelope.method());
-        let headers = self.session_headers();
+        let header_map = self.session_headers();
+        let headers = pipeline::AgentHeaders::read(&header_map);
         let binding = match pipeline::bind_session(&self.gw, &headers, &self.grant, &msg) {
             Ok(b) => b,
             Err(r) => refuse!(r),

@@ -132,19 +132,45 @@ impl Trail {
     /// called) and write the record. `summary` is what an earlier step read in `response`,
     /// when one did.
     pub fn finish(
-        mut self,
+        self,
         gw: &Gateway,
         http_status: u16,
         response: Option<&[u8]>,
         summary: Option<Option<AnswerSummary>>,
         forwarded_at: Option<Instant>,
     ) {
+        self.finish_at(
+            gw,
+            http_status,
+            response,
+            summary,
+            forwarded_at,
+            Instant::now(),
+        );
+    }
+
+    /// Whether the record is written (the audit is on): then it must be, before the answer.
+    pub fn audited(&self) -> bool {
+        self.audited
+    }
+
+    /// `finish`, for an answer that was ready at `answered_at` (the upstream's latency ends
+    /// there, however late this runs).
+    pub fn finish_at(
+        mut self,
+        gw: &Gateway,
+        http_status: u16,
+        response: Option<&[u8]>,
+        summary: Option<Option<AnswerSummary>>,
+        forwarded_at: Option<Instant>,
+        answered_at: Instant,
+    ) {
         self.record.http_status = http_status;
         let metrics = telemetry::server(&self.record.server);
         if let Some(at) = forwarded_at {
             // The decision ended when the call left for the upstream (`decided` runs after).
             self.record.decision_us = at.saturating_duration_since(self.started).as_micros() as u64;
-            let took = at.elapsed();
+            let took = answered_at.saturating_duration_since(at);
             self.record.upstream_us = Some(took.as_micros() as u64);
             metrics.upstream.record(took.as_secs_f64());
             let answered = Answered::read(http_status, response, summary);

@@ -4,13 +4,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::StatusCode;
+use toolgate_policy::json::Strict;
 use toolgate_policy::{Decision, Limit};
 
 use super::{Message, Refused};
 use crate::answers;
 use crate::audit::Outcome;
 use crate::grants::Grant;
-use crate::jsonrpc::{self, Kind, NamedParams};
+use crate::jsonrpc::{self, Kind};
 use crate::policies::Loaded;
 
 /// The outcome of the decision step.
@@ -98,6 +99,22 @@ pub fn decide(grant: &Grant, msg: &Message<'_>) -> Result<Verdict, Refused> {
     }
 }
 
+/// `params` of a `tools/call`, as the decision reads them. The fields it does not use are
+/// declared so that a second one is refused (as `jsonrpc::NamedParams` refuses it), not read
+/// one way here and another upstream.
+#[derive(serde::Deserialize)]
+struct CallParams<'a> {
+    #[serde(borrow)]
+    name: Option<std::borrow::Cow<'a, str>>,
+    arguments: Option<Strict>,
+    #[allow(dead_code)]
+    #[serde(borrow)]
+    uri: Option<&'a serde_json::value::RawValue>,
+    #[allow(dead_code)]
+    #[serde(borrow, rename = "_meta")]
+    meta: Option<&'a serde_json::value::RawValue>,
+}
+
 fn decide_call(msg: &Message<'_>, policy: Option<Arc<Loaded>>) -> Result<Verdict, Refused> {
     let id = msg.id.unwrap_or("null");
     let invalid = |why: &str| {
@@ -117,25 +134,24 @@ fn decide_call(msg: &Message<'_>, policy: Option<Arc<Loaded>>) -> Result<Verdict
     if !params.get().trim_start().starts_with('{') {
         return Err(invalid("tools/call params must be an object"));
     }
-    let params: NamedParams = serde_json::from_str(params.get())
-        .map_err(|e| invalid(&format!("tools/call params: {e}")))?;
+    // The arguments are read with duplicate keys refused, in the same pass as the rest:
+    // {"amount":5,"amount":5000} must not be judged as 5 here and acted on as 5000 upstream.
+    let params: CallParams = serde_json::from_str(params.get()).map_err(|e| {
+        let e = toolgate_policy::json::strict_error(e);
+        match e.pointer {
+            Some(_) => invalid(&format!("arguments: {e}")),
+            None => invalid(&format!("tools/call params: {e}")),
+        }
+    })?;
     let name = params
         .name
         .as_deref()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| invalid("tools/call needs params.name"))?;
-    // Read with duplicate keys refused: {"amount":5,"amount":5000} must not be judged as 5
-    // here and acted on as 5000 upstream.
     let args = match params.arguments {
         None => serde_json::Value::Null,
-        Some(raw) => {
-            let v = toolgate_policy::json::parse_strict(raw.get())
-                .map_err(|e| invalid(&format!("arguments: {e}")))?;
-            if !v.is_object() {
-                return Err(invalid("tools/call arguments must be an object"));
-            }
-            v
-        }
+        Some(Strict(v)) if v.is_object() => v,
+        Some(_) => return Err(invalid("tools/call arguments must be an object")),
     };
     let args = std::sync::Arc::new(args);
     let tool: Arc<str> = name.into();

@@ -4,17 +4,17 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 
 use super::decide::{AllowedCall, Decided, Verdict};
-use super::{Answer, Binding, Message, Refused, STATELESS_VERSION, accepts_sse, limits};
+use super::{AgentHeaders, Answer, Binding, Message, Refused, STATELESS_VERSION, limits};
 use crate::answers;
 use crate::audit::Outcome;
 use crate::gateway::{Gateway, Upstream};
 use crate::grants::Grant;
 use crate::jsonrpc::{self, Kind};
 use crate::session::UpstreamSession;
-use crate::upstream::http::{HttpSession, METHOD_HEADER, NAME_HEADER, PROTOCOL_HEADER};
+use crate::upstream::http::HttpSession;
 use crate::upstream::stdio::StdioSession;
 use crate::upstream::{Outbound, Reply};
 
@@ -157,14 +157,14 @@ async fn upstream_lists(
 pub async fn forward(
     gw: &Gateway,
     server: &str,
-    headers: &HeaderMap,
+    headers: &AgentHeaders<'_>,
     grant: Arc<Grant>,
     body: &Bytes,
     msg: &Message<'_>,
     binding: Binding,
     verdict: Verdict,
 ) -> Result<Answer, Refused> {
-    let accepts_sse = accepts_sse(headers);
+    let accepts_sse = headers.accepts_sse();
     let id = msg.id.unwrap_or("null");
     let now = |body, decided: Option<Decided>| Answer {
         reply: Reply::Json {
@@ -194,9 +194,9 @@ pub async fn forward(
             None
         },
         accepts_sse,
-        protocol_version: headers.get(PROTOCOL_HEADER),
-        mcp_method: headers.get(METHOD_HEADER),
-        mcp_name: headers.get(NAME_HEADER),
+        protocol_version: headers.protocol_version,
+        mcp_method: headers.mcp_method,
+        mcp_name: headers.mcp_name,
     };
     let upstream = gw
         .servers

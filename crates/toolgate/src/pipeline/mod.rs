@@ -22,7 +22,7 @@ pub use limits::STORE_UNAVAILABLE_RULE;
 
 use std::sync::Arc;
 
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::gateway::Gateway;
 use crate::grants::{DoorRefusal, Grant};
@@ -30,7 +30,6 @@ use crate::jsonrpc::{self, Envelope, Kind, NamedParams};
 use crate::policies::Loaded;
 use crate::session::{Session, SessionRefusal};
 use crate::upstream::Reply;
-use crate::upstream::http::{METHOD_HEADER, NAME_HEADER, SESSION_HEADER};
 
 /// The stateless protocol version: requests carry no session.
 pub const STATELESS_VERSION: &str = "2026-07-28";
@@ -81,18 +80,91 @@ pub struct Answer {
     pub summary: Option<Option<crate::jsonrpc::AnswerSummary>>,
 }
 
+/// The request headers the request path reads, picked out of the map in one pass.
+///
+/// Read one at a time with `HeaderMap::get`, each of the ten or so lookups a call made hashed
+/// its name (FNV over every byte of an `Mcp-*` name) and probed the map: about 2,000
+/// instructions a call (`bench/scripts/instructions.sh`). Each field holds the first value
+/// under its name, which is what `HeaderMap::get` returns.
+#[derive(Clone, Copy)]
+pub struct AgentHeaders<'a> {
+    pub host: Option<&'a HeaderValue>,
+    pub origin: Option<&'a HeaderValue>,
+    pub authorization: Option<&'a HeaderValue>,
+    pub content_type: Option<&'a HeaderValue>,
+    pub content_length: Option<&'a HeaderValue>,
+    pub session: Option<&'a HeaderValue>,
+    pub protocol_version: Option<&'a HeaderValue>,
+    pub mcp_method: Option<&'a HeaderValue>,
+    pub mcp_name: Option<&'a HeaderValue>,
+    accept: Option<&'a HeaderValue>,
+    /// Set when `Accept` came more than once: `accepts_sse` then reads every value.
+    map_when_accept_repeats: Option<&'a HeaderMap>,
+}
+
+impl<'a> AgentHeaders<'a> {
+    pub fn read(map: &'a HeaderMap) -> AgentHeaders<'a> {
+        let mut h = AgentHeaders {
+            host: None,
+            origin: None,
+            authorization: None,
+            content_type: None,
+            content_length: None,
+            session: None,
+            protocol_version: None,
+            mcp_method: None,
+            mcp_name: None,
+            accept: None,
+            map_when_accept_repeats: None,
+        };
+        // Names arrive lower-cased (hyper's parser, `HeaderName`), as these are spelled.
+        for (name, value) in map {
+            let slot = match name.as_str() {
+                "host" => &mut h.host,
+                "origin" => &mut h.origin,
+                "authorization" => &mut h.authorization,
+                "content-type" => &mut h.content_type,
+                "content-length" => &mut h.content_length,
+                "mcp-session-id" => &mut h.session,
+                "mcp-protocol-version" => &mut h.protocol_version,
+                "mcp-method" => &mut h.mcp_method,
+                "mcp-name" => &mut h.mcp_name,
+                "accept" => {
+                    if h.accept.is_some() {
+                        h.map_when_accept_repeats = Some(map);
+                    }
+                    &mut h.accept
+                }
+                _ => continue,
+            };
+            slot.get_or_insert(value);
+        }
+        h
+    }
+
+    /// Whether the agent reads SSE answers. No `Accept` at all is read as "anything".
+    pub fn accepts_sse(&self) -> bool {
+        let names_sse = |v: &HeaderValue| {
+            let v = v.to_str().unwrap_or("");
+            crate::media::names(v, "text/event-stream") || crate::media::names(v, "*/*")
+        };
+        match (self.map_when_accept_repeats, self.accept) {
+            (Some(map), _) => map.get_all(http::header::ACCEPT).iter().any(names_sse),
+            (None, Some(v)) => names_sse(v),
+            (None, None) => true,
+        }
+    }
+}
+
 /// Step 1: the door. Host and Origin first (a rebinding page learns nothing, not even 401),
 /// then the bearer token.
 pub fn admit(
     gw: &Gateway,
     server: &str,
-    headers: &HeaderMap,
+    headers: &AgentHeaders<'_>,
     authority: Option<&str>,
 ) -> Result<Arc<Grant>, Refused> {
-    let host = headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or(authority);
+    let host = headers.host.and_then(|h| h.to_str().ok()).or(authority);
     if !host.is_some_and(|h| gw.hosts.host_allowed(h)) {
         return Err(Refused::new(
             StatusCode::FORBIDDEN,
@@ -100,7 +172,7 @@ pub fn admit(
             "Forbidden: Host not allowed",
         ));
     }
-    if let Some(origin) = headers.get(http::header::ORIGIN)
+    if let Some(origin) = headers.origin
         && !origin.to_str().is_ok_and(|o| gw.hosts.origin_allowed(o))
     {
         return Err(Refused::new(
@@ -109,9 +181,7 @@ pub fn admit(
             "Forbidden: Origin not allowed",
         ));
     }
-    let authorization = headers
-        .get(http::header::AUTHORIZATION)
-        .map(|v| v.as_bytes());
+    let authorization = headers.authorization.map(|v| v.as_bytes());
     gw.grants
         .load()
         .authenticate(authorization, server)
@@ -170,7 +240,10 @@ fn named_target<'a>(method: &str, params: &'a NamedParams<'a>) -> Option<&'a str
 /// Step 3: under 2026-07-28 the method and name travel in headers too. A gateway that decided
 /// on the body while an upstream routed on the headers could be walked around, so any
 /// disagreement is refused before anything else looks at the message.
-pub fn check_transport_headers(headers: &HeaderMap, msg: &Message<'_>) -> Result<(), Refused> {
+pub fn check_transport_headers(
+    headers: &AgentHeaders<'_>,
+    msg: &Message<'_>,
+) -> Result<(), Refused> {
     let mismatch = |what: &str| {
         Refused::new(
             StatusCode::BAD_REQUEST,
@@ -179,12 +252,12 @@ pub fn check_transport_headers(headers: &HeaderMap, msg: &Message<'_>) -> Result
         )
         .with_id(msg.id)
     };
-    if let Some(m) = headers.get(METHOD_HEADER)
+    if let Some(m) = headers.mcp_method
         && m.as_bytes() != msg.envelope.method().as_bytes()
     {
         return Err(mismatch("Mcp-Method"));
     }
-    if let Some(n) = headers.get(NAME_HEADER) {
+    if let Some(n) = headers.mcp_name {
         let params = msg
             .envelope
             .params
@@ -213,12 +286,12 @@ pub enum Binding {
 /// session is 403 and the message goes nowhere.
 pub fn bind_session(
     gw: &Gateway,
-    headers: &HeaderMap,
+    headers: &AgentHeaders<'_>,
     grant: &Grant,
     msg: &Message<'_>,
 ) -> Result<Binding, Refused> {
     let is_initialize = msg.kind == Kind::Request && msg.envelope.method() == "initialize";
-    match headers.get(SESSION_HEADER) {
+    match headers.session {
         Some(id) => {
             if is_initialize {
                 return Err(Refused::new(
@@ -252,15 +325,82 @@ pub fn bind_session(
     }
 }
 
-/// Whether the agent reads SSE answers. No `Accept` at all is read as "anything".
-pub fn accepts_sse(headers: &HeaderMap) -> bool {
-    let mut any = false;
-    for v in headers.get_all(http::header::ACCEPT) {
-        any = true;
-        let v = v.to_str().unwrap_or("");
-        if crate::media::names(v, "text/event-stream") || crate::media::names(v, "*/*") {
-            return true;
+#[cfg(test)]
+mod tests {
+    use super::AgentHeaders;
+    use http::{HeaderMap, HeaderValue, header};
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
         }
+        m
     }
-    !any
+
+    #[test]
+    fn each_field_is_what_header_map_get_returns() {
+        let m = map(&[
+            ("Mcp-Session-Id", "first"),
+            ("host", "127.0.0.1:1"),
+            ("mcp-session-id", "second"),
+            ("authorization", "Bearer a"),
+            ("Authorization", "Bearer b"),
+            ("MCP-Method", "tools/call"),
+            ("mcp-name", "echo"),
+            ("mcp-protocol-version", "2025-06-18"),
+            ("content-type", "application/json"),
+            ("content-length", "12"),
+            ("origin", "http://localhost"),
+            ("x-other", "ignored"),
+        ]);
+        let h = AgentHeaders::read(&m);
+        let names = [
+            (h.session, "mcp-session-id"),
+            (h.host, "host"),
+            (h.authorization, "authorization"),
+            (h.mcp_method, "mcp-method"),
+            (h.mcp_name, "mcp-name"),
+            (h.protocol_version, "mcp-protocol-version"),
+            (h.content_type, "content-type"),
+            (h.content_length, "content-length"),
+            (h.origin, "origin"),
+        ];
+        for (field, name) in names {
+            assert_eq!(field, m.get(name), "{name}");
+        }
+        assert_eq!(h.session.map(HeaderValue::as_bytes), Some(&b"first"[..]));
+        let none = HeaderMap::new();
+        let h = AgentHeaders::read(&none);
+        assert!(h.host.is_none() && h.session.is_none() && h.authorization.is_none());
+    }
+
+    #[test]
+    fn every_accept_value_counts() {
+        let accepts = |pairs: &[(&str, &str)]| AgentHeaders::read(&map(pairs)).accepts_sse();
+        assert!(accepts(&[]), "no Accept is anything");
+        assert!(accepts(&[(
+            "accept",
+            "application/json, text/event-stream"
+        )]));
+        assert!(!accepts(&[("accept", "application/json")]));
+        assert!(accepts(&[("accept", "*/*")]));
+        assert!(accepts(&[
+            ("accept", "application/json"),
+            ("accept", "text/event-stream")
+        ]));
+        assert!(!accepts(&[
+            ("accept", "application/json"),
+            ("accept", "text/plain")
+        ]));
+        let mut m = HeaderMap::new();
+        m.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        assert!(AgentHeaders::read(&m).accepts_sse());
+    }
 }
