@@ -77,8 +77,10 @@ impl<'de> de::Deserialize<'de> for Strict {
 
 /// The error of a serde_json parse that read [`Strict`] values: a duplicate key in one of them is
 /// reported as `parse_strict` reports it (with its pointer); any other error keeps its text.
-pub fn strict_error(e: serde_json::Error) -> JsonError {
-    to_error(e)
+impl From<serde_json::Error> for JsonError {
+    fn from(e: serde_json::Error) -> JsonError {
+        to_error(e)
+    }
 }
 
 fn to_error(e: serde_json::Error) -> JsonError {
@@ -169,6 +171,33 @@ impl<'de> Visitor<'de> for StrictVisitor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_strict_member_is_read_in_its_parents_pass() {
+        #[derive(serde::Deserialize)]
+        struct Params {
+            arguments: Option<Strict>,
+        }
+        let read = |text: &str| serde_json::from_str::<Params>(text).map_err(JsonError::from);
+        let args = r#"{"a":{"b":[1,{"c":true}]}}"#;
+        let p = read(&format!(r#"{{"x":1,"arguments":{args}}}"#)).unwrap();
+        assert_eq!(p.arguments.unwrap().0, parse_strict(args).unwrap());
+        assert!(read(r#"{"arguments":null}"#).unwrap().arguments.is_none());
+        // The pointer starts at the member, as parse_strict's starts at its text.
+        let e = read(r#"{"arguments":{"a":{"k":1,"k":2}}}"#).err().unwrap();
+        assert_eq!(e.pointer.as_deref(), Some("/a/k"));
+        assert!(e.message.contains("duplicate key"), "{e}");
+        let e = read(r#"{"arguments":{"a":1,"\u0061":2}}"#).err().unwrap();
+        assert_eq!(e.pointer.as_deref(), Some("/a"));
+        // Any other error is serde_json's own, without a pointer.
+        assert!(
+            read(r#"{"arguments":{"a":1}"#)
+                .err()
+                .unwrap()
+                .pointer
+                .is_none()
+        );
+    }
 
     #[test]
     fn parses_like_serde_json() {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use toolgate::audit::journal::Options;
 use toolgate::audit::{ArgumentsMode, Audit, AuditRecord};
-use toolgate::jsonrpc::{self, Envelope, NamedParams};
+use toolgate::jsonrpc::{self, CallParams, Envelope};
 
 const CALL: &[u8] = br#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"create_refund","arguments":{"charge_id":"ch_1","amount":50,"reason":"duplicate","meta":{"ticket":"T-1"}},"_meta":{"progressToken":"p1"}}}"#;
 
@@ -33,8 +33,8 @@ fn bench(c: &mut Criterion) {
     c.bench_function("jsonrpc/envelope+params+strict-arguments", |b| {
         b.iter(|| {
             let env = Envelope::parse(black_box(CALL)).unwrap();
-            let p: NamedParams = serde_json::from_str(env.params.unwrap().get()).unwrap();
-            black_box(toolgate_policy::json::parse_strict(p.arguments.unwrap().get()).unwrap());
+            let p: CallParams = serde_json::from_str(env.params.unwrap().get()).unwrap();
+            black_box(p.arguments.unwrap().0);
         })
     });
     c.bench_function("jsonrpc/id-splice", |b| {

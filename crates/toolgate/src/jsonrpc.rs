@@ -284,6 +284,21 @@ pub struct NamedParams<'a> {
     pub meta: Option<&'a RawValue>,
 }
 
+/// `params` of a `tools/call` as the decision reads them: like [`NamedParams`], with the
+/// arguments read strictly (duplicate keys refused) in the same pass instead of kept as raw
+/// text to be parsed again. `uri` and `_meta` are declared, and not read, so that a second
+/// one (or a `uri` that is not a string) is refused as `NamedParams` refuses it.
+#[derive(Debug, Deserialize)]
+pub struct CallParams<'a> {
+    #[serde(borrow)]
+    pub name: Option<Cow<'a, str>>,
+    pub arguments: Option<toolgate_policy::json::Strict>,
+    #[serde(borrow)]
+    pub uri: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "_meta")]
+    pub meta: Option<&'a RawValue>,
+}
+
 /// `_meta` of a request's params: the progress token the gateway routes notifications by.
 #[derive(Debug, Deserialize)]
 pub struct Meta<'a> {

@@ -1,6 +1,8 @@
 //! The audit record (and the metrics) of one agent request, filled in as the request crosses
 //! the pipeline and written before its answer leaves: refused requests when they are
-//! refused, `tools/call` when the upstream's response (or the gateway's own) is ready.
+//! refused, `tools/call` when the upstream's response (or the gateway's own) is ready. With
+//! the audit off nothing must be on disk first, and a call's metrics are counted just after
+//! its answer has left (`downstream::http::render_audited`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -64,6 +66,11 @@ impl Trail {
             tool_label: "(other)",
             tool_known: false,
         }
+    }
+
+    /// Whether the record is written (the audit is on): then it must be, before the answer.
+    pub fn audited(&self) -> bool {
+        self.audited
     }
 
     pub fn grant(&mut self, g: &Grant) {
@@ -147,11 +154,6 @@ impl Trail {
             forwarded_at,
             Instant::now(),
         );
-    }
-
-    /// Whether the record is written (the audit is on): then it must be, before the answer.
-    pub fn audited(&self) -> bool {
-        self.audited
     }
 
     /// `finish`, for an answer that was ready at `answered_at` (the upstream's latency ends

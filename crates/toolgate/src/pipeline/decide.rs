@@ -11,7 +11,7 @@ use super::{Message, Refused};
 use crate::answers;
 use crate::audit::Outcome;
 use crate::grants::Grant;
-use crate::jsonrpc::{self, Kind};
+use crate::jsonrpc::{self, CallParams, Kind};
 use crate::policies::Loaded;
 
 /// The outcome of the decision step.
@@ -99,22 +99,6 @@ pub fn decide(grant: &Grant, msg: &Message<'_>) -> Result<Verdict, Refused> {
     }
 }
 
-/// `params` of a `tools/call`, as the decision reads them. The fields it does not use are
-/// declared so that a second one is refused (as `jsonrpc::NamedParams` refuses it), not read
-/// one way here and another upstream.
-#[derive(serde::Deserialize)]
-struct CallParams<'a> {
-    #[serde(borrow)]
-    name: Option<std::borrow::Cow<'a, str>>,
-    arguments: Option<Strict>,
-    #[allow(dead_code)]
-    #[serde(borrow)]
-    uri: Option<&'a serde_json::value::RawValue>,
-    #[allow(dead_code)]
-    #[serde(borrow, rename = "_meta")]
-    meta: Option<&'a serde_json::value::RawValue>,
-}
-
 fn decide_call(msg: &Message<'_>, policy: Option<Arc<Loaded>>) -> Result<Verdict, Refused> {
     let id = msg.id.unwrap_or("null");
     let invalid = |why: &str| {
@@ -137,7 +121,7 @@ fn decide_call(msg: &Message<'_>, policy: Option<Arc<Loaded>>) -> Result<Verdict
     // The arguments are read with duplicate keys refused, in the same pass as the rest:
     // {"amount":5,"amount":5000} must not be judged as 5 here and acted on as 5000 upstream.
     let params: CallParams = serde_json::from_str(params.get()).map_err(|e| {
-        let e = toolgate_policy::json::strict_error(e);
+        let e = toolgate_policy::json::JsonError::from(e);
         match e.pointer {
             Some(_) => invalid(&format!("arguments: {e}")),
             None => invalid(&format!("tools/call params: {e}")),

@@ -30,6 +30,7 @@ use crate::jsonrpc::{self, Envelope, Kind, NamedParams};
 use crate::policies::Loaded;
 use crate::session::{Session, SessionRefusal};
 use crate::upstream::Reply;
+use crate::upstream::http as names;
 
 /// The stateless protocol version: requests carry no session.
 pub const STATELESS_VERSION: &str = "2026-07-28";
@@ -117,7 +118,7 @@ impl<'a> AgentHeaders<'a> {
             accept: None,
             map_when_accept_repeats: None,
         };
-        // Names arrive lower-cased (hyper's parser, `HeaderName`), as these are spelled.
+        // A `HeaderName` is always lower case (parsed or built), as these are spelled.
         for (name, value) in map {
             let slot = match name.as_str() {
                 "host" => &mut h.host,
@@ -125,10 +126,10 @@ impl<'a> AgentHeaders<'a> {
                 "authorization" => &mut h.authorization,
                 "content-type" => &mut h.content_type,
                 "content-length" => &mut h.content_length,
-                "mcp-session-id" => &mut h.session,
-                "mcp-protocol-version" => &mut h.protocol_version,
-                "mcp-method" => &mut h.mcp_method,
-                "mcp-name" => &mut h.mcp_name,
+                names::SESSION => &mut h.session,
+                names::PROTOCOL => &mut h.protocol_version,
+                names::METHOD => &mut h.mcp_method,
+                names::NAME => &mut h.mcp_name,
                 "accept" => {
                     if h.accept.is_some() {
                         h.map_when_accept_repeats = Some(map);
@@ -328,6 +329,7 @@ pub fn bind_session(
 #[cfg(test)]
 mod tests {
     use super::AgentHeaders;
+    use crate::upstream::http::{METHOD_HEADER, NAME_HEADER, PROTOCOL_HEADER, SESSION_HEADER};
     use http::{HeaderMap, HeaderValue, header};
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -358,19 +360,20 @@ mod tests {
             ("x-other", "ignored"),
         ]);
         let h = AgentHeaders::read(&m);
-        let names = [
-            (h.session, "mcp-session-id"),
-            (h.host, "host"),
-            (h.authorization, "authorization"),
-            (h.mcp_method, "mcp-method"),
-            (h.mcp_name, "mcp-name"),
-            (h.protocol_version, "mcp-protocol-version"),
-            (h.content_type, "content-type"),
-            (h.content_length, "content-length"),
-            (h.origin, "origin"),
+        let fields = [
+            (h.session, SESSION_HEADER),
+            (h.host, header::HOST),
+            (h.authorization, header::AUTHORIZATION),
+            (h.mcp_method, METHOD_HEADER),
+            (h.mcp_name, NAME_HEADER),
+            (h.protocol_version, PROTOCOL_HEADER),
+            (h.content_type, header::CONTENT_TYPE),
+            (h.content_length, header::CONTENT_LENGTH),
+            (h.origin, header::ORIGIN),
         ];
-        for (field, name) in names {
-            assert_eq!(field, m.get(name), "{name}");
+        for (field, name) in fields {
+            assert!(field.is_some(), "{name}");
+            assert_eq!(field, m.get(&name), "{name}");
         }
         assert_eq!(h.session.map(HeaderValue::as_bytes), Some(&b"first"[..]));
         let none = HeaderMap::new();

@@ -28,10 +28,15 @@ const MAX_JSON_BODY: usize = 64 * 1024 * 1024;
 // Header names as `HeaderName`s, not `&str`s: a `&str` is parsed and validated again on every
 // lookup and insert, which cost about 5,000 instructions a call over the request path's
 // headers (callgrind); a `HeaderName` built in a const is checked once, when compiled.
-pub const SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
-pub const PROTOCOL_HEADER: HeaderName = HeaderName::from_static("mcp-protocol-version");
-pub const METHOD_HEADER: HeaderName = HeaderName::from_static("mcp-method");
-pub const NAME_HEADER: HeaderName = HeaderName::from_static("mcp-name");
+// The `&str` spellings are for matching names (`pipeline::AgentHeaders`).
+pub const SESSION: &str = "mcp-session-id";
+pub const PROTOCOL: &str = "mcp-protocol-version";
+pub const METHOD: &str = "mcp-method";
+pub const NAME: &str = "mcp-name";
+pub const SESSION_HEADER: HeaderName = HeaderName::from_static(SESSION);
+pub const PROTOCOL_HEADER: HeaderName = HeaderName::from_static(PROTOCOL);
+pub const METHOD_HEADER: HeaderName = HeaderName::from_static(METHOD);
+pub const NAME_HEADER: HeaderName = HeaderName::from_static(NAME);
 pub const LAST_EVENT_ID_HEADER: HeaderName = HeaderName::from_static("last-event-id");
 
 /// hyper, not reqwest: every tools/call crosses this, and reqwest's conveniences (URL parsing
