@@ -145,6 +145,14 @@ fn malformed_tools_calls_are_invalid_params_and_never_forwarded() {
         ),
         ("params null", call("null")),
         ("params without a name", call(r#"{"arguments":{}}"#)),
+        (
+            "a uri that is not a string",
+            call(r#"{"name":"echo","uri":5,"arguments":{}}"#),
+        ),
+        (
+            "two _meta objects",
+            call(r#"{"name":"echo","_meta":{},"_meta":{},"arguments":{}}"#),
+        ),
         ("name null", call(r#"{"name":null,"arguments":{}}"#)),
         ("name a list", call(r#"{"name":["echo"],"arguments":{}}"#)),
         (
