@@ -162,18 +162,11 @@ impl Audit {
         }
         std::fs::create_dir_all(&opts.dir)
             .map_err(|e| AuditConfigError(format!("cannot create {}: {e}", opts.dir.display())))?;
-        let (lock, kind) = if opts.shared {
-            let lock = lock_dir(&opts.dir, false).map_err(AuditConfigError)?;
-            (
-                lock,
-                Kind::Appended(AppendedJournal::open(opts.clone()).map_err(AuditConfigError)?),
-            )
+        let lock = lock_dir(&opts.dir, !opts.shared).map_err(AuditConfigError)?;
+        let kind = if opts.shared {
+            Kind::Appended(AppendedJournal::open(opts.clone()).map_err(AuditConfigError)?)
         } else {
-            let lock = lock_dir(&opts.dir, true).map_err(AuditConfigError)?;
-            (
-                lock,
-                Kind::Mapped(MappedJournal::open(opts.clone()).map_err(AuditConfigError)?),
-            )
+            Kind::Mapped(MappedJournal::open(opts.clone()).map_err(AuditConfigError)?)
         };
         let writer = Arc::new(Writer {
             kind,
@@ -565,6 +558,15 @@ mod tests {
         }
     }
 
+    /// Record `seq`'s journal line, without its newline.
+    fn line(seq: u64, tool: &str) -> Vec<u8> {
+        let mut r = rec(tool);
+        r.seq = seq;
+        let mut out = Vec::new();
+        r.write_json(&mut out);
+        out
+    }
+
     fn rec(tool: &str) -> AuditRecord {
         AuditRecord {
             time: "2026-11-26T00:00:00.000Z".into(),
@@ -801,10 +803,7 @@ mod tests {
     fn a_gap_left_by_a_crash_is_repaired_at_the_next_start() {
         let dir = tempfile::tempdir().unwrap();
         let line = |seq: u64, tool: &str| {
-            let mut r = rec(tool);
-            r.seq = seq;
-            let mut out = Vec::new();
-            r.write_json(&mut out);
+            let mut out = line(seq, tool);
             out.push(b'\n');
             out
         };
@@ -970,13 +969,6 @@ mod tests {
         drop((busy, quiet));
 
         let torn = tempfile::tempdir().unwrap();
-        let line = |seq: u64, tool: &str| {
-            let mut r = rec(tool);
-            r.seq = seq;
-            let mut out = Vec::new();
-            r.write_json(&mut out);
-            out
-        };
         let mut bytes = line(1, "one");
         bytes.push(b'\n');
         bytes.extend_from_slice(&line(2, "two")[..15]);

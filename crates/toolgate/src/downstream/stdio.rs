@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{HeaderMap, HeaderValue};
+use http::HeaderValue;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
@@ -24,7 +24,6 @@ use crate::jsonrpc::{self, Kind};
 use crate::pipeline;
 use crate::session::UpstreamSession;
 use crate::upstream::Reply;
-use crate::upstream::http::SESSION_HEADER;
 
 /// Name of the one server and grant of local mode (in logs and decisions).
 pub const LOCAL: &str = "local";
@@ -192,14 +191,12 @@ pub async fn run(opts: LocalOptions) -> Result<i32, String> {
 }
 
 impl Local {
-    fn session_headers(&self) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        if let Some(id) = self.session.lock().expect("session lock").as_ref()
-            && let Ok(v) = HeaderValue::from_str(id)
-        {
-            headers.insert(SESSION_HEADER, v);
-        }
-        headers
+    /// The open session's id, as an agent over HTTP would send it.
+    fn session_header(&self) -> Option<HeaderValue> {
+        let session = self.session.lock().expect("session lock");
+        session
+            .as_ref()
+            .and_then(|id| HeaderValue::from_str(id).ok())
     }
 
     async fn send_out(&self, line: Bytes) {
@@ -238,8 +235,8 @@ impl Local {
             Err(r) => refuse!(r),
         };
         trail.method(msg.envelope.method());
-        let header_map = self.session_headers();
-        let headers = pipeline::AgentHeaders::read(&header_map);
+        let session = self.session_header();
+        let headers = pipeline::AgentHeaders::of_session(session.as_ref());
         let binding = match pipeline::bind_session(&self.gw, &headers, &self.grant, &msg) {
             Ok(b) => b,
             Err(r) => refuse!(r),

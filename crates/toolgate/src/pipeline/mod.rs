@@ -87,7 +87,7 @@ pub struct Answer {
 /// its name (FNV over every byte of an `Mcp-*` name) and probed the map: about 2,000
 /// instructions a call (`bench/scripts/instructions.sh`). Each field holds the first value
 /// under its name, which is what `HeaderMap::get` returns.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct AgentHeaders<'a> {
     pub host: Option<&'a HeaderValue>,
     pub origin: Option<&'a HeaderValue>,
@@ -105,19 +105,7 @@ pub struct AgentHeaders<'a> {
 
 impl<'a> AgentHeaders<'a> {
     pub fn read(map: &'a HeaderMap) -> AgentHeaders<'a> {
-        let mut h = AgentHeaders {
-            host: None,
-            origin: None,
-            authorization: None,
-            content_type: None,
-            content_length: None,
-            session: None,
-            protocol_version: None,
-            mcp_method: None,
-            mcp_name: None,
-            accept: None,
-            map_when_accept_repeats: None,
-        };
+        let mut h = AgentHeaders::default();
         // A `HeaderName` is always lower case (parsed or built), as these are spelled.
         for (name, value) in map {
             let slot = match name.as_str() {
@@ -141,6 +129,14 @@ impl<'a> AgentHeaders<'a> {
             slot.get_or_insert(value);
         }
         h
+    }
+
+    /// Local mode's: a session id, when one is open, and nothing else.
+    pub fn of_session(session: Option<&'a HeaderValue>) -> AgentHeaders<'a> {
+        AgentHeaders {
+            session,
+            ..AgentHeaders::default()
+        }
     }
 
     /// Whether the agent reads SSE answers. No `Accept` at all is read as "anything".
