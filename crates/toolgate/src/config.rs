@@ -17,6 +17,13 @@ pub const DEFAULT_STATE_DIR: &str = ".toolgate";
 /// Default request body limit (SPEC 2.1).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
+/// Default polling window of a serving thread (`busy_poll`): long enough to cover an
+/// upstream's answer on the same host and an agent's next request after an answer, at one
+/// agent (README, Performance).
+pub const DEFAULT_BUSY_POLL: std::time::Duration = std::time::Duration::from_micros(200);
+/// Longer windows mostly burn CPU: past a millisecond, sleeping costs little in comparison.
+const MAX_BUSY_POLL_US: u64 = 1000;
+
 /// A configuration error: one line naming the key, ready to print.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -42,6 +49,9 @@ pub struct Config {
     pub request_timeout: std::time::Duration,
     /// How long calls in flight get to finish on SIGTERM/SIGINT.
     pub shutdown_grace: std::time::Duration,
+    /// How long a serving thread keeps polling after a call starts or ends before it sleeps
+    /// (`busy_poll`); zero turns polling off.
+    pub busy_poll: std::time::Duration,
     pub servers: Vec<ServerConfig>,
     pub grants: Vec<GrantConfig>,
     pub counters: CountersConfig,
@@ -160,6 +170,7 @@ struct RawConfig {
     session_idle_timeout_secs: Option<u64>,
     request_timeout_secs: Option<u64>,
     shutdown_grace_secs: Option<u64>,
+    busy_poll_us: Option<u64>,
     #[serde(default)]
     servers: BTreeMap<String, RawServer>,
     #[serde(default)]
@@ -244,6 +255,7 @@ impl Config {
             session_idle_timeout: std::time::Duration::from_secs(3600),
             request_timeout: std::time::Duration::from_secs(300),
             shutdown_grace: std::time::Duration::from_secs(10),
+            busy_poll: DEFAULT_BUSY_POLL,
             servers: Vec::new(),
             grants: Vec::new(),
             counters: CountersConfig {
@@ -314,6 +326,15 @@ impl Config {
         }
         if let Some(s) = raw.shutdown_grace_secs {
             cfg.shutdown_grace = std::time::Duration::from_secs(s);
+        }
+        if let Some(us) = raw.busy_poll_us {
+            if us > MAX_BUSY_POLL_US {
+                return Err(err(
+                    "busy_poll_us",
+                    format!("{us} is more than {MAX_BUSY_POLL_US} (a millisecond)"),
+                ));
+            }
+            cfg.busy_poll = std::time::Duration::from_micros(us);
         }
 
         if let Some(c) = raw.counters {
@@ -785,6 +806,20 @@ policy = "policies/everything.json"
 
     fn error_of(text: &str) -> String {
         parse(text).unwrap_err().0
+    }
+
+    #[test]
+    fn busy_poll_window() {
+        let us = |text: &str| parse(text).unwrap().busy_poll.as_micros();
+        assert_eq!(us(""), DEFAULT_BUSY_POLL.as_micros());
+        assert_eq!(us("busy_poll_us = 0"), 0);
+        assert_eq!(us("busy_poll_us = 1000"), 1000);
+        assert_eq!(
+            error_of("busy_poll_us = 1001"),
+            "busy_poll_us: 1001 is more than 1000 (a millisecond)"
+        );
+        assert!(error_of("busy_poll_us = -1").contains("line 1"));
+        assert!(error_of("busy_poll_us = \"200\"").contains("line 1"));
     }
 
     #[test]

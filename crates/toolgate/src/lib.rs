@@ -30,6 +30,7 @@
 pub mod admin;
 pub mod answers;
 pub mod audit;
+pub mod busy_poll;
 pub mod config;
 pub mod counters;
 pub mod downstream;

@@ -218,6 +218,10 @@ async fn serve_connections(
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let request_timeout = gw.config.request_timeout;
+    // A task of its own, so that each turn of a polling window polls only it.
+    let _polling = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(crate::busy_poll::run(
+        gw.config.busy_poll,
+    )));
     let routes = Routes {
         router: router(gw.clone()),
         gw,
@@ -270,8 +274,11 @@ impl tower_service::Service<axum::extract::Request> for Routes {
         {
             let server = server.to_string();
             let gw = self.gw.clone();
+            let call = crate::busy_poll::Call::begin();
             return futures_util::future::Either::Left(Box::pin(async move {
-                Ok(mcp::post_to(gw, server, request).await)
+                let answer = mcp::post_to(gw, server, request).await;
+                drop(call);
+                Ok(answer)
             }));
         }
         futures_util::future::Either::Right(tower_service::Service::call(&mut self.router, request))

@@ -1,0 +1,223 @@
+//! Busy polling on a serving thread: after a call starts or ends, the thread keeps polling its
+//! sockets for a short window (`busy_poll_us`) instead of sleeping in `epoll_wait`.
+//!
+//! Why: at one agent, a call finds the serving thread asleep twice (for the agent's request,
+//! then for the upstream's answer). Waking a sleeping thread on a virtual machine costs tens
+//! of microseconds (an interrupt to a halted vCPU, and its exit to the host), more than the
+//! gateway's own work on the call; a thread that is still polling sees the bytes within a
+//! microsecond or two (README, Performance: the added p50 at one session). HAProxy's
+//! `busy-polling` option is the same trade, always on once enabled.
+//!
+//! What it costs, and when it stops: CPU, while it polls. A thread polls only
+//! - for `window` after a call starts or ends, so an idle gateway sleeps as before, and one
+//!   agent calling in a loop keeps its thread busy while it calls;
+//! - while at most `MAX_IN_FLIGHT` calls are in flight on the thread: with more, its events
+//!   come often enough that sleeps are short and shared by several calls;
+//! - while the kernel has not taken the core from it for another task (involuntary context
+//!   switches, `Preemptions`): on a busy machine the core is worth more to the agents and
+//!   upstreams the gateway waits for, so polling then stops for `PAUSE`.
+//!
+//! How: one task per serving runtime (`run`) that yields on every turn of a window. tokio's
+//! single-threaded scheduler, finding only a yielded task to run, polls its I/O driver
+//! without blocking (`epoll_wait` with a zero timeout), runs whatever became ready, then the
+//! task again. Written here because no crate does it: tokio's park has no busy-polling mode,
+//! and the kernel's own (`SO_BUSY_POLL`) does not apply to loopback or to pipes.
+
+use std::cell::Cell;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Polling stops while more calls than this are in flight on the thread.
+const MAX_IN_FLIGHT: u32 = 1;
+
+thread_local! {
+    /// Calls in flight on this thread (`Call`s alive).
+    static IN_FLIGHT: Cell<u32> = const { Cell::new(0) };
+    /// Set when a call begins or ends with at most `MAX_IN_FLIGHT` in flight; taken by the
+    /// polling task, which then polls for another window.
+    static TOUCHED: Cell<bool> = const { Cell::new(false) };
+    /// The polling task's waker while it sleeps.
+    static SLEEPER: Cell<Option<Waker>> = const { Cell::new(None) };
+    /// Turns the polling task took (what tests observe).
+    static TURNS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A call in flight on this thread, from its request to its answer (or until it is dropped).
+/// Begin and drop it on the thread that serves the call.
+pub struct Call(());
+
+impl Call {
+    pub fn begin() -> Call {
+        let n = IN_FLIGHT.get() + 1;
+        IN_FLIGHT.set(n);
+        touch(n);
+        Call(())
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        let n = IN_FLIGHT.get().saturating_sub(1);
+        IN_FLIGHT.set(n);
+        touch(n);
+    }
+}
+
+/// Starts a window, and wakes the polling task if it sleeps, unless `in_flight` is too many
+/// for polling to pay.
+fn touch(in_flight: u32) {
+    if in_flight <= MAX_IN_FLIGHT {
+        TOUCHED.set(true);
+        if let Some(waker) = SLEEPER.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Polls in windows of `window` after each call's start and end on this thread; never
+/// returns. With a zero window it only sleeps. Run it on the runtime whose thread serves the
+/// calls (`Call::begin`).
+pub async fn run(window: Duration) {
+    if window.is_zero() {
+        return std::future::pending().await;
+    }
+    let mut preemptions = Preemptions::new();
+    loop {
+        std::future::poll_fn(|cx| {
+            if TOUCHED.replace(false) {
+                Poll::Ready(())
+            } else {
+                SLEEPER.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
+        let mut until = Instant::now() + window;
+        let mut turns = 0u32;
+        while IN_FLIGHT.get() <= MAX_IN_FLIGHT {
+            tokio::task::yield_now().await;
+            TURNS.set(TURNS.get() + 1);
+            turns += 1;
+            if turns.is_multiple_of(CHECK_EVERY) && preemptions.grew() {
+                break;
+            }
+            let now = Instant::now();
+            if TOUCHED.replace(false) {
+                until = now + window;
+            } else if now >= until {
+                break;
+            }
+        }
+        if preemptions.grew() {
+            // Something else wanted this core: leave it alone for a while.
+            tokio::time::sleep(PAUSE).await;
+            TOUCHED.set(false);
+            preemptions.grew();
+        }
+    }
+}
+
+/// How often (in turns, each about a microsecond) a window checks for preemption.
+const CHECK_EVERY: u32 = 64;
+/// How long polling stops once the thread was preempted.
+const PAUSE: Duration = Duration::from_millis(20);
+
+/// The thread's count of involuntary context switches: the kernel took the CPU from it for
+/// another task that was ready to run. Polling on a core that others need slows them down
+/// (on a busy machine, the agents and upstreams the gateway waits for).
+struct Preemptions(i64);
+
+impl Preemptions {
+    fn new() -> Preemptions {
+        Preemptions(Self::count())
+    }
+
+    /// Whether the thread was preempted since the last look.
+    fn grew(&mut self) -> bool {
+        let now = Self::count();
+        std::mem::replace(&mut self.0, now) != now
+    }
+
+    fn count() -> i64 {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage writes a rusage into the pointer it is given, which is valid.
+        let ok = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) } == 0;
+        // SAFETY: zeroed is a valid rusage, and on success getrusage filled it in.
+        let usage = unsafe { usage.assume_init() };
+        if ok { usage.ru_nivcsw } else { 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    async fn pause(ms: u64) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    /// Whether the polling task turned while this task slept for `ms`.
+    async fn polled_during(ms: u64) -> bool {
+        let before = TURNS.get();
+        pause(ms).await;
+        TURNS.get() != before
+    }
+
+    #[test]
+    fn polls_while_a_call_is_in_flight_and_for_a_window_after_it() {
+        runtime().block_on(async {
+            tokio::spawn(run(Duration::from_millis(5)));
+            pause(1).await;
+            assert!(!polled_during(10).await, "polled with no call");
+            // The machine may preempt this thread, which pauses polling for a while: try again.
+            let mut polled = false;
+            for _ in 0..50 {
+                let call = Call::begin();
+                polled = polled_during(2).await;
+                drop(call);
+                if polled {
+                    break;
+                }
+                pause(30).await;
+            }
+            assert!(polled, "never polled with a call in flight");
+            pause(20).await;
+            assert!(
+                !polled_during(10).await,
+                "still polling long after the window"
+            );
+        });
+    }
+
+    #[test]
+    fn stops_polling_with_more_calls_in_flight() {
+        runtime().block_on(async {
+            tokio::spawn(run(Duration::from_millis(50)));
+            pause(1).await;
+            let first = Call::begin();
+            let second = Call::begin();
+            assert_eq!(IN_FLIGHT.get(), 2);
+            pause(1).await;
+            assert!(!polled_during(10).await, "polled with two calls in flight");
+            drop((first, second));
+            assert_eq!(IN_FLIGHT.get(), 0);
+        });
+    }
+
+    #[test]
+    fn a_zero_window_never_polls() {
+        runtime().block_on(async {
+            tokio::spawn(run(Duration::ZERO));
+            let call = Call::begin();
+            assert!(!polled_during(10).await);
+            drop(call);
+        });
+    }
+}
