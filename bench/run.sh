@@ -17,7 +17,10 @@
 # Floors are measured beside toolgate, over HTTP: `bare-proxy`, a pass-through on the same
 # HTTP stack as toolgate that does nothing else, and nginx when it is installed (a tuned C
 # proxy; `apt-get install nginx-light`). They split "what toolgate adds" into what any proxy
-# adds on this machine's loopback and what toolgate's own work adds.
+# adds on this machine's loopback and what toolgate's own work adds. `bare-proxy` runs three
+# ways: on tokio's default runtime, on one single-threaded runtime (toolgate's model), and on
+# that runtime polling after each request as toolgate does (`busy_poll_us`); toolgate also
+# runs once with polling off, so that the table shows what polling changes.
 #
 #   bash bench/run.sh            # 3 rounds of 3 s per run (about 8 minutes)
 #   ROUNDS=5 DURATION=5 bash bench/run.sh
@@ -55,6 +58,13 @@ pids+=($!)
 BARE1_PID=$!
 wait_for "$TMP/bare1.log" listening
 BARE1=$(printed_url "$TMP/bare1.log")
+# And polling after each request as toolgate does (busy_poll_us, README): toolgate's own
+# floor at one session, where polling decides the added latency.
+"$BIN/bare-proxy" --upstream "$UP" --port 0 --current-thread --busy-poll-us 200 >"$TMP/bare1p.log" &
+pids+=($!)
+BARE1P_PID=$!
+wait_for "$TMP/bare1p.log" listening
+BARE1P=$(printed_url "$TMP/bare1p.log")
 
 NGINX=
 if command -v nginx >/dev/null; then
@@ -88,9 +98,10 @@ fi
 
 write_policies
 
-start_gateway_info() { # name policy-file audit-enabled
+start_gateway_info() { # name policy-file audit-enabled [busy_poll_us]
   local dir=$TMP/$1
   write_gateway_config "$dir" "$2" "$3"
+  [[ -n ${4:-} ]] && sed -i "1i busy_poll_us = $4" "$dir/toolgate.toml"
   cat >>"$dir/toolgate.toml" <<TOML
 [servers.stdio]
 command = "$PWD/$BIN/fast-upstream"
@@ -111,6 +122,8 @@ TOML
 
 read -r PLAIN_PID PLAIN_PORT < <(start_gateway_info plain "$TMP/plain.json" false)
 read -r REAL_PID REAL_PORT < <(start_gateway_info realistic "$TMP/realistic.json" true)
+# Allow-all with busy polling off: what polling changes, in the same rounds.
+read -r QUIET_PID QUIET_PORT < <(start_gateway_info quiet "$TMP/plain.json" false 0)
 
 RESULTS=$TMP/results.jsonl
 : >"$RESULTS"
@@ -127,8 +140,10 @@ for n in "${SESSIONS[@]}"; do
   load direct http "$n" "$UP"
   load bare http "$n" "$BARE" "$BARE_PID"
   load bare1 http "$n" "$BARE1" "$BARE1_PID"
+  load bare1p http "$n" "$BARE1P" "$BARE1P_PID"
   [[ -n $NGINX ]] && load nginx http "$n" "$NGINX" "$NGINX_WORKER"
   load plain http "$n" "http://127.0.0.1:$PLAIN_PORT/mcp/http" "$PLAIN_PID"
+  load quiet http "$n" "http://127.0.0.1:$QUIET_PORT/mcp/http" "$QUIET_PID"
   load realistic http "$n" "http://127.0.0.1:$REAL_PORT/mcp/http" "$REAL_PID"
   load direct-after http "$n" "$UP"
   load direct stdio "$n" "$PWD/$BIN/fast-upstream --stdio"
@@ -244,7 +259,9 @@ print("| sessions | proxy | calls/s (ratio) | added p50 µs | added p99 µs | CP
 print("|---|---|---|---|---|---|---|")
 proxies = (("bare", "bare-proxy (tokio's work-stealing runtime)"),
            ("bare1", "bare-proxy --current-thread (one single-threaded runtime)"),
-           ("nginx", "nginx"), ("plain", "toolgate, allow-all"),
+           ("bare1p", "bare-proxy --current-thread --busy-poll-us 200 (polling as toolgate)"),
+           ("nginx", "nginx"), ("quiet", "toolgate, allow-all, busy_poll_us = 0"),
+           ("plain", "toolgate, allow-all"),
            ("realistic", "toolgate, realistic policy"))
 for n in sorted({k[2] for k in rounds}):
     for key, label in proxies:

@@ -34,6 +34,10 @@ struct Args {
     /// Run on one thread (tokio's current-thread runtime) instead of one per core.
     #[arg(long)]
     current_thread: bool,
+    /// Poll for this many microseconds after a request starts or ends, as toolgate's serving
+    /// threads do (`toolgate::busy_poll`; 0: sleep at once). Needs --current-thread.
+    #[arg(long, default_value_t = 0, requires = "current_thread")]
+    busy_poll_us: u64,
 }
 
 #[derive(Clone)]
@@ -58,6 +62,7 @@ async fn forward(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let _call = toolgate::busy_poll::Call::begin();
     if method == Method::DELETE {
         return StatusCode::OK.into_response();
     }
@@ -124,6 +129,9 @@ async fn serve(args: Args) -> std::io::Result<()> {
         host: HeaderValue::from_str(upstream.authority().expect("a host").as_str())
             .expect("a host header"),
     };
+    tokio::spawn(toolgate::busy_poll::run(Duration::from_micros(
+        args.busy_poll_us,
+    )));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
     println!("listening on http://{}/mcp", listener.local_addr()?);
     // Every request, whatever its path, goes to `forward`.
