@@ -55,10 +55,12 @@ write_policies() {
 }
 
 # A gateway configuration at DIR/toolgate.toml: the fast upstream as server "http" with
-# POLICY, reached by an anonymous loopback grant, audit on or off.
-write_gateway_config() { # dir policy-file audit-enabled
+# POLICY, reached by an anonymous loopback grant, audit on or off, and `busy_poll_us` when
+# given (builds before busy polling refuse the key).
+write_gateway_config() { # dir policy-file audit-enabled [busy_poll_us]
   mkdir -p "$1"
   cat >"$1/toolgate.toml" <<TOML
+${4:+busy_poll_us = $4}
 listen = "127.0.0.1:0"
 state_dir = "$1/state"
 [audit]

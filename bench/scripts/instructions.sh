@@ -26,6 +26,9 @@ cd "$(dirname "$0")/../.."
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 2; }
 GATEWAY=${1:-target/release/toolgate}
 SESSIONS=${SESSIONS:-1}
+# Polling off by default: its turns would be counted as the calls' work (BUSY_POLL_US= for
+# builds before busy polling, which refuse the key).
+BUSY_POLL_US=${BUSY_POLL_US-0}
 source bench/lib.sh
 start_fast_upstream
 write_policies
@@ -51,7 +54,7 @@ report() { # name calls
 
 count() { # name policy audit-enabled
   local dir=$TMP/$1
-  write_gateway_config "$dir" "$2" "$3"
+  write_gateway_config "$dir" "$2" "$3" "$BUSY_POLL_US"
   # One runtime thread: the count is the same with two, and one keeps valgrind's
   # serialisation of threads out of the timings that decide when warm-up ends.
   TOOLGATE_WORKER_THREADS=1 TOOLGATE_LOG=${TOOLGATE_LOG:-info} TOOLGATE_ADMIN_TOKEN=bench \
