@@ -100,8 +100,7 @@ write_policies
 
 start_gateway_info() { # name policy-file audit-enabled [busy_poll_us]
   local dir=$TMP/$1
-  write_gateway_config "$dir" "$2" "$3"
-  [[ -n ${4:-} ]] && sed -i "1i busy_poll_us = $4" "$dir/toolgate.toml"
+  write_gateway_config "$dir" "$2" "$3" "${4:-}"
   cat >>"$dir/toolgate.toml" <<TOML
 [servers.stdio]
 command = "$PWD/$BIN/fast-upstream"
