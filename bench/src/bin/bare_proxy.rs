@@ -46,6 +46,8 @@ struct Proxy {
     /// The upstream's path (origin-form, what the pool sends) and its Host header.
     path: axum::http::Uri,
     host: HeaderValue,
+    /// Whether requests mark themselves in flight for polling (`--busy-poll-us`).
+    busy_poll: bool,
 }
 
 /// Headers an MCP request carries that the upstream needs to see.
@@ -62,7 +64,8 @@ async fn forward(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let _call = toolgate::busy_poll::Call::begin();
+    // On the one runtime's thread (`--busy-poll-us` needs `--current-thread`).
+    let _call = proxy.busy_poll.then(toolgate::busy_poll::Call::begin);
     if method == Method::DELETE {
         return StatusCode::OK.into_response();
     }
@@ -128,6 +131,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
         path: upstream.path().parse().expect("a path"),
         host: HeaderValue::from_str(upstream.authority().expect("a host").as_str())
             .expect("a host header"),
+        busy_poll: args.busy_poll_us > 0,
     };
     tokio::spawn(toolgate::busy_poll::run(Duration::from_micros(
         args.busy_poll_us,

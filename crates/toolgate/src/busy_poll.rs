@@ -38,8 +38,15 @@ thread_local! {
     static TOUCHED: Cell<bool> = const { Cell::new(false) };
     /// The polling task's waker while it sleeps.
     static SLEEPER: Cell<Option<Waker>> = const { Cell::new(None) };
-    /// Turns the polling task took (what tests observe).
+    /// Turns the polling task took, and the pauses it made (what tests observe).
     static TURNS: Cell<u64> = const { Cell::new(0) };
+    static PAUSES: Cell<u64> = const { Cell::new(0) };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Preemptions a test pretends happened, added to the thread's own count.
+    static FAKE_PREEMPTIONS: Cell<i64> = const { Cell::new(0) };
 }
 
 /// A call in flight on this thread, from its request to its answer (or until it is dropped).
@@ -94,11 +101,13 @@ pub async fn run(window: Duration) {
         .await;
         let mut until = Instant::now() + window;
         let mut turns = 0u32;
+        let mut preempted = false;
         while IN_FLIGHT.get() <= MAX_IN_FLIGHT {
             tokio::task::yield_now().await;
             TURNS.set(TURNS.get() + 1);
             turns += 1;
             if turns.is_multiple_of(CHECK_EVERY) && preemptions.grew() {
+                preempted = true;
                 break;
             }
             let now = Instant::now();
@@ -108,8 +117,10 @@ pub async fn run(window: Duration) {
                 break;
             }
         }
-        if preemptions.grew() {
+        // Preempted during the window, or since the last look (between windows too).
+        if preempted || preemptions.grew() {
             // Something else wanted this core: leave it alone for a while.
+            PAUSES.set(PAUSES.get() + 1);
             tokio::time::sleep(PAUSE).await;
             TOUCHED.set(false);
             preemptions.grew();
@@ -144,7 +155,10 @@ impl Preemptions {
         let ok = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) } == 0;
         // SAFETY: zeroed is a valid rusage, and on success getrusage filled it in.
         let usage = unsafe { usage.assume_init() };
-        if ok { usage.ru_nivcsw } else { 0 }
+        let count = if ok { usage.ru_nivcsw } else { 0 };
+        #[cfg(test)]
+        let count = count + FAKE_PREEMPTIONS.get();
+        count
     }
 }
 
@@ -170,29 +184,37 @@ mod tests {
         TURNS.get() != before
     }
 
+    /// Waits (up to 2 s) for the polling task to stop turning.
+    async fn stops_polling() -> bool {
+        for _ in 0..200 {
+            if !polled_during(10).await {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Starts and ends calls until one is polled for (a preemption of this thread by the
+    /// machine's other work pauses polling for a while).
+    async fn polled_for_a_call() -> bool {
+        for _ in 0..50 {
+            drop(Call::begin());
+            if polled_during(2).await {
+                return true;
+            }
+            pause(30).await;
+        }
+        false
+    }
+
     #[test]
-    fn polls_while_a_call_is_in_flight_and_for_a_window_after_it() {
+    fn polls_for_a_window_after_a_call_starts_or_ends_then_sleeps() {
         runtime().block_on(async {
             tokio::spawn(run(Duration::from_millis(5)));
             pause(1).await;
             assert!(!polled_during(10).await, "polled with no call");
-            // The machine may preempt this thread, which pauses polling for a while: try again.
-            let mut polled = false;
-            for _ in 0..50 {
-                let call = Call::begin();
-                polled = polled_during(2).await;
-                drop(call);
-                if polled {
-                    break;
-                }
-                pause(30).await;
-            }
-            assert!(polled, "never polled with a call in flight");
-            pause(20).await;
-            assert!(
-                !polled_during(10).await,
-                "still polling long after the window"
-            );
+            assert!(polled_for_a_call().await, "never polled for a call");
+            assert!(stops_polling().await, "still polling long after the window");
         });
     }
 
@@ -206,8 +228,44 @@ mod tests {
             assert_eq!(IN_FLIGHT.get(), 2);
             pause(1).await;
             assert!(!polled_during(10).await, "polled with two calls in flight");
+            drop(second);
+            // One call in flight again: polling resumes; a second call stops it.
+            assert!(
+                polled_for_a_call().await,
+                "never polled with one call in flight"
+            );
+            let second = Call::begin();
+            assert!(
+                stops_polling().await,
+                "still polling with two calls in flight"
+            );
             drop((first, second));
             assert_eq!(IN_FLIGHT.get(), 0);
+        });
+    }
+
+    #[test]
+    fn pauses_when_the_thread_was_preempted() {
+        runtime().block_on(async {
+            tokio::spawn(run(Duration::from_millis(500)));
+            pause(1).await;
+            let call = Call::begin();
+            assert!(polled_during(2).await || polled_for_a_call().await);
+            let pauses = PAUSES.get();
+            FAKE_PREEMPTIONS.set(FAKE_PREEMPTIONS.get() + 1);
+            // Seen within CHECK_EVERY turns of a window, long before a 500 ms window ends
+            // (or at once, if the machine's own preemption of this thread paused it already).
+            let mut paused = false;
+            for _ in 0..200 {
+                pause(10).await;
+                if PAUSES.get() > pauses {
+                    paused = true;
+                    break;
+                }
+                drop(Call::begin());
+            }
+            assert!(paused, "no pause after a preemption");
+            drop(call);
         });
     }
 
