@@ -199,6 +199,12 @@ mod tests {
         false
     }
 
+    /// Spawns the polling task on this runtime and lets it run to its first sleep.
+    async fn start_polling(window: Duration) {
+        tokio::spawn(run(window));
+        pause(1).await;
+    }
+
     /// Starts and ends calls until one is polled for (a preemption of this thread by the
     /// machine's other work pauses polling for a while).
     async fn polled_for_a_call() -> bool {
@@ -215,8 +221,7 @@ mod tests {
     #[test]
     fn polls_for_a_window_after_a_call_starts_or_ends_then_sleeps() {
         runtime().block_on(async {
-            tokio::spawn(run(Duration::from_millis(5)));
-            pause(1).await;
+            start_polling(Duration::from_millis(5)).await;
             assert!(!polled_during(10).await, "polled with no call");
             assert!(polled_for_a_call().await, "never polled for a call");
             assert!(stops_polling().await, "still polling long after the window");
@@ -226,8 +231,7 @@ mod tests {
     #[test]
     fn stops_polling_with_more_calls_in_flight() {
         runtime().block_on(async {
-            tokio::spawn(run(Duration::from_millis(50)));
-            pause(1).await;
+            start_polling(Duration::from_millis(50)).await;
             let first = Call::begin();
             let second = Call::begin();
             assert_eq!(IN_FLIGHT.get(), 2);
@@ -253,8 +257,7 @@ mod tests {
     fn a_preemption_while_polling_ends_the_window() {
         runtime().block_on(async {
             // A window far longer than the test: only the preemption can end it.
-            tokio::spawn(run(Duration::from_secs(30)));
-            pause(1).await;
+            start_polling(Duration::from_secs(30)).await;
             let call = Call::begin();
             assert!(polled_during(2).await || polled_for_a_call().await);
             FAKE_PREEMPTIONS.set(FAKE_PREEMPTIONS.get() + 1);
@@ -266,8 +269,7 @@ mod tests {
     #[test]
     fn a_preemption_outside_a_window_pauses_polling() {
         runtime().block_on(async {
-            tokio::spawn(run(Duration::from_millis(2)));
-            pause(1).await;
+            start_polling(Duration::from_millis(2)).await;
             let pauses = PAUSES.get();
             FAKE_PREEMPTIONS.set(FAKE_PREEMPTIONS.get() + 1);
             drop(Call::begin());
