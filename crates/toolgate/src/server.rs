@@ -274,11 +274,8 @@ impl tower_service::Service<axum::extract::Request> for Routes {
         {
             let server = server.to_string();
             let gw = self.gw.clone();
-            let call = crate::busy_poll::Call::begin();
             return futures_util::future::Either::Left(Box::pin(async move {
-                let answer = mcp::post_to(gw, server, request).await;
-                drop(call);
-                Ok(answer)
+                Ok(mcp::post_to(gw, server, request).await)
             }));
         }
         futures_util::future::Either::Right(tower_service::Service::call(&mut self.router, request))

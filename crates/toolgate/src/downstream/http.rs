@@ -56,6 +56,8 @@ pub async fn post(
 /// `POST /mcp/{server}`, for the router and for `server::Routes` (which sends it here
 /// without the router).
 pub async fn post_to(gw: Arc<Gateway>, server: String, request: Request) -> Response {
+    // In flight on this thread until the answer is ready, for its busy polling.
+    let _call = crate::busy_poll::Call::begin();
     let request_id = new_request_id();
     let mut response = handle_post(gw, server, request, &request_id).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
