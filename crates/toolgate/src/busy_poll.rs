@@ -13,14 +13,17 @@
 //!   agent calling in a loop keeps its thread busy while it calls;
 //! - while at most `MAX_IN_FLIGHT` calls are in flight on the thread: with more, its events
 //!   come often enough that sleeps are short and shared by several calls;
-//! - while the kernel does not take the core from it for another task (involuntary context
-//!   switches, `Preemptions`): on a busy machine the core is worth more to the agents and
-//!   upstreams the gateway waits for. A preemption while polling (looked at every
-//!   `CHECK_EVERY` turns) ends the window: a polling thread is always ready to run, so any
-//!   task woken on its core preempts it, busy machine or not. A preemption outside a window,
-//!   while the thread had real work, stops polling for `PAUSE`. (Pausing after every
-//!   preemption was tried: at one session the machine's own preemptions of a polling thread
-//!   then cost most of the gain.)
+//! - while the core is not wanted by other tasks: on a busy machine the core is worth more to
+//!   the agents and upstreams the gateway waits for. A window ends when the thread had less
+//!   than half of its core's time since the last look (`CHECK_EVERY` turns; its CPU clock
+//!   against the wall clock). A short preemption does not end it: a polling thread is always
+//!   ready to run, so any task woken on its core preempts it, and that task is often the one
+//!   the call waits for (a stdio upstream, woken by the request the gateway just wrote to its
+//!   pipe, runs on the gateway's core). Polling stops for `PAUSE` when the thread was
+//!   preempted (involuntary context switches, `Preemptions`) outside a window while it had
+//!   more calls in flight than it polls for: a busy machine. (Ending the window at any
+//!   preemption, and pausing at any preemption outside one, cost all of the gain with a stdio
+//!   upstream at one session: the upstream's every answer preempts the gateway.)
 //!
 //! How: one task per serving runtime (`run`) that yields on every turn of a window. tokio's
 //! single-threaded scheduler, finding only a yielded task to run, polls its I/O driver
@@ -43,6 +46,9 @@ thread_local! {
     static TOUCHED: Cell<bool> = const { Cell::new(false) };
     /// The polling task's waker while it sleeps.
     static SLEEPER: Cell<Option<Waker>> = const { Cell::new(None) };
+    /// Whether more calls than polling is for were in flight since the polling task last
+    /// looked: the thread had real work.
+    static CROWDED: Cell<bool> = const { Cell::new(false) };
 }
 
 #[cfg(test)]
@@ -52,6 +58,8 @@ thread_local! {
     static PAUSES: Cell<u64> = const { Cell::new(0) };
     /// Preemptions a test pretends happened, added to the thread's own count.
     static FAKE_PREEMPTIONS: Cell<i64> = const { Cell::new(0) };
+    /// CPU time a test pretends the thread lost to others, taken from its CPU clock.
+    static FAKE_LOST: Cell<Duration> = const { Cell::new(Duration::ZERO) };
 }
 
 /// A call in flight on this thread, from its request to its answer (or until it is dropped).
@@ -83,6 +91,8 @@ fn touch(in_flight: u32) {
         if let Some(waker) = SLEEPER.take() {
             waker.wake();
         }
+    } else {
+        CROWDED.set(true);
     }
 }
 
@@ -104,23 +114,27 @@ pub async fn run(window: Duration) {
             }
         })
         .await;
-        if preemptions.grew() {
+        // Both looked at, so that each counts from here.
+        let (preempted, crowded) = (preemptions.grew(), CROWDED.replace(false));
+        if preempted && crowded {
             // Preempted outside a window, while it had calls to serve: a busy machine.
             #[cfg(test)]
             PAUSES.set(PAUSES.get() + 1);
             tokio::time::sleep(PAUSE).await;
             TOUCHED.set(false);
             preemptions.grew();
+            CROWDED.set(false);
             continue;
         }
         let mut until = Instant::now() + window;
+        let mut share = CoreShare::new();
         let mut turns = 0u32;
         while IN_FLIGHT.get() <= MAX_IN_FLIGHT {
             tokio::task::yield_now().await;
             #[cfg(test)]
             TURNS.set(TURNS.get() + 1);
             turns += 1;
-            if turns.is_multiple_of(CHECK_EVERY) && preemptions.grew() {
+            if turns.is_multiple_of(CHECK_EVERY) && share.under_half() {
                 break;
             }
             let now = Instant::now();
@@ -130,15 +144,60 @@ pub async fn run(window: Duration) {
                 break;
             }
         }
-        // Preemptions while polling end the window but do not count as a busy machine.
+        // Preemptions while polling do not count as a busy machine.
         preemptions.grew();
     }
 }
 
-/// How often (in turns, each about a microsecond) a window checks for preemption.
+/// How often (in turns, each about a microsecond) a window checks its share of the core.
 const CHECK_EVERY: u32 = 64;
 /// How long polling stops once the thread was preempted outside a window.
 const PAUSE: Duration = Duration::from_millis(20);
+
+/// The thread's share of its core since the last look: its CPU clock, which advances only
+/// while it runs, against the wall clock. (`getrusage`'s CPU times are no use here: for a
+/// thread that never sleeps they advance only at the scheduler's ticks, milliseconds apart.)
+struct CoreShare {
+    wall: Instant,
+    cpu: Duration,
+}
+
+impl CoreShare {
+    fn new() -> CoreShare {
+        CoreShare {
+            wall: Instant::now(),
+            cpu: Self::cpu(),
+        }
+    }
+
+    /// Whether the thread ran for less than half the time since the last look: other tasks
+    /// had the core for the rest.
+    fn under_half(&mut self) -> bool {
+        let (wall, cpu) = (Instant::now(), Self::cpu());
+        let ran = cpu.saturating_sub(self.cpu);
+        let passed = wall - self.wall;
+        *self = CoreShare { wall, cpu };
+        ran * 2 < passed
+    }
+
+    fn cpu() -> Duration {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes a timespec into the pointer it is given, which is valid.
+        let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0;
+        // Without the clock, the thread looks as if it never ran: windows end at the first look.
+        let cpu = if ok {
+            Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+        } else {
+            Duration::ZERO
+        };
+        #[cfg(test)]
+        let cpu = cpu.saturating_sub(FAKE_LOST.get());
+        cpu
+    }
+}
 
 /// The thread's count of involuntary context switches: the kernel took the CPU from it for
 /// another task that was ready to run. Polling on a core that others need slows them down
@@ -207,8 +266,8 @@ mod tests {
         pause(1).await;
     }
 
-    /// Starts and ends calls until one is polled for (a preemption of this thread by the
-    /// machine's other work pauses polling for a while).
+    /// Starts and ends calls until one is polled for (the machine's other work can take this
+    /// thread's core, which ends a window).
     async fn polled_for_a_call() -> bool {
         for _ in 0..50 {
             drop(Call::begin());
@@ -256,30 +315,60 @@ mod tests {
     }
 
     #[test]
-    fn a_preemption_while_polling_ends_the_window() {
+    fn losing_the_core_while_polling_ends_the_window() {
         runtime().block_on(async {
-            // A window far longer than the test: only the preemption can end it.
+            // A window far longer than the test: only the lost core can end it.
             start_polling(Duration::from_secs(30)).await;
             let call = Call::begin();
             assert!(polled_during(2).await || polled_for_a_call().await);
-            FAKE_PREEMPTIONS.set(FAKE_PREEMPTIONS.get() + 1);
-            assert!(stops_polling().await, "polled on after a preemption");
+            FAKE_LOST.set(FAKE_LOST.get() + Duration::from_secs(3600));
+            assert!(stops_polling().await, "polled on without the core");
             drop(call);
         });
     }
 
     #[test]
-    fn a_preemption_outside_a_window_pauses_polling() {
+    fn a_short_preemption_while_polling_does_not_end_the_window() {
+        runtime().block_on(async {
+            start_polling(Duration::from_secs(30)).await;
+            // The machine's other work can end a window (this thread short of its core), so
+            // each try starts one; at any preemption, every try would end.
+            let mut polled_on = false;
+            for _ in 0..20 {
+                let call = Call::begin();
+                FAKE_PREEMPTIONS.set(FAKE_PREEMPTIONS.get() + 1);
+                pause(20).await;
+                polled_on = polled_during(10).await;
+                drop(call);
+                if polled_on {
+                    break;
+                }
+            }
+            assert!(polled_on, "a preemption ended every window");
+            drop(Call::begin());
+        });
+    }
+
+    #[test]
+    fn a_preemption_outside_a_window_pauses_polling_once_the_thread_was_busy() {
         runtime().block_on(async {
             start_polling(Duration::from_millis(2)).await;
             let pauses = PAUSES.get();
+            // With at most one call in flight, a preemption is its upstream or its agent.
             FAKE_PREEMPTIONS.set(FAKE_PREEMPTIONS.get() + 1);
             drop(Call::begin());
+            pause(5).await;
+            assert_eq!(PAUSES.get(), pauses, "paused for one call's preemption");
+            // Preempted while it had two calls: a busy machine.
+            let (first, second) = (Call::begin(), Call::begin());
+            FAKE_PREEMPTIONS.set(FAKE_PREEMPTIONS.get() + 1);
+            drop(second);
             pause(1).await;
             assert!(
                 PAUSES.get() > pauses,
-                "no pause after a preemption outside a window"
+                "no pause after a preemption while busy"
             );
+            drop(first);
         });
     }
 
