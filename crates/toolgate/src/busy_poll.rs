@@ -14,16 +14,21 @@
 //! - while at most `MAX_IN_FLIGHT` calls are in flight on the thread: with more, its events
 //!   come often enough that sleeps are short and shared by several calls;
 //! - while the core is not wanted by other tasks: on a busy machine the core is worth more to
-//!   the agents and upstreams the gateway waits for. A window ends when the thread had less
-//!   than half of its core's time since the last look (`CHECK_EVERY` turns; its CPU clock
-//!   against the wall clock). A short preemption does not end it: a polling thread is always
-//!   ready to run, so any task woken on its core preempts it, and that task is often the one
-//!   the call waits for (a stdio upstream, woken by the request the gateway just wrote to its
-//!   pipe, runs on the gateway's core). Polling stops for `PAUSE` when the thread was
-//!   preempted (involuntary context switches, `Preemptions`) outside a window while it had
-//!   more calls in flight than it polls for: a busy machine. (Ending the window at any
-//!   preemption, and pausing at any preemption outside one, cost all of the gain with a stdio
-//!   upstream at one session: the upstream's every answer preempts the gateway.)
+//!   the agents and upstreams the gateway waits for. A window ends when the thread ran for
+//!   less than half of the time since the last look (every `CHECK_EVERY` turns, some tens of
+//!   microseconds; its CPU clock against the wall clock): a stretch off the core longer than
+//!   the thread's own time since the last look. A shorter preemption does not end it: a
+//!   polling thread is always ready to run, so any task woken on its core preempts it, and
+//!   that task is often the one the call waits for (a stdio upstream, woken by the request
+//!   the gateway just wrote to its pipe, runs on the gateway's core). A task of this thread
+//!   that blocks in a system call (a lock, a page fault that waits for the disk) stops the
+//!   CPU clock too, and counts as time off the core. Polling stops for `PAUSE` when the
+//!   thread was preempted (involuntary context switches, `Preemptions`) outside a window,
+//!   and more calls than it polls for were in flight at some moment since it last looked:
+//!   a busy machine, or a stdio upstream answering one of several calls (a known cost: that
+//!   pause is polling lost for 20 ms). (Ending the window at any preemption, and pausing at
+//!   any preemption outside one, cost all of the gain with a stdio upstream at one session:
+//!   the upstream's every answer preempts the gateway.)
 //!
 //! How: one task per serving runtime (`run`) that yields on every turn of a window. tokio's
 //! single-threaded scheduler, finding only a yielded task to run, polls its I/O driver
@@ -46,8 +51,8 @@ thread_local! {
     static TOUCHED: Cell<bool> = const { Cell::new(false) };
     /// The polling task's waker while it sleeps.
     static SLEEPER: Cell<Option<Waker>> = const { Cell::new(None) };
-    /// Whether more calls than polling is for were in flight since the polling task last
-    /// looked: the thread had real work.
+    /// Whether more calls than polling is for were in flight at some moment since the polling
+    /// task last looked: the thread had real work.
     static CROWDED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -115,15 +120,15 @@ pub async fn run(window: Duration) {
         })
         .await;
         // Both looked at, so that each counts from here.
-        let (preempted, crowded) = (preemptions.grew(), CROWDED.replace(false));
+        let (preempted, crowded) = (preemptions.grew(), look_crowded());
         if preempted && crowded {
-            // Preempted outside a window, while it had calls to serve: a busy machine.
+            // Preempted outside a window, and it had calls to serve: a busy machine.
             #[cfg(test)]
             PAUSES.set(PAUSES.get() + 1);
             tokio::time::sleep(PAUSE).await;
             TOUCHED.set(false);
             preemptions.grew();
-            CROWDED.set(false);
+            look_crowded();
             continue;
         }
         let mut until = Instant::now() + window;
@@ -133,7 +138,9 @@ pub async fn run(window: Duration) {
             tokio::task::yield_now().await;
             #[cfg(test)]
             TURNS.set(TURNS.get() + 1);
-            turns += 1;
+            // Wraps (a window can last as long as an agent keeps calling): 2^32 is a
+            // multiple of CHECK_EVERY.
+            turns = turns.wrapping_add(1);
             if turns.is_multiple_of(CHECK_EVERY) && share.under_half() {
                 break;
             }
@@ -144,14 +151,22 @@ pub async fn run(window: Duration) {
                 break;
             }
         }
-        // Preemptions while polling do not count as a busy machine.
+        // Preemptions while polling do not count as a busy machine, nor calls that came and
+        // went during the window.
         preemptions.grew();
+        look_crowded();
     }
+}
+
+/// Whether the thread was crowded since the last look; from here on, whether it is now.
+fn look_crowded() -> bool {
+    CROWDED.replace(IN_FLIGHT.get() > MAX_IN_FLIGHT)
 }
 
 /// How often (in turns, each about a microsecond) a window checks its share of the core.
 const CHECK_EVERY: u32 = 64;
-/// How long polling stops once the thread was preempted outside a window.
+/// How long polling stops once the thread was preempted outside a window, with more calls in
+/// flight at some moment than it polls for.
 const PAUSE: Duration = Duration::from_millis(20);
 
 /// The thread's share of its core since the last look: its CPU clock, which advances only
@@ -180,23 +195,39 @@ impl CoreShare {
         ran * 2 < passed
     }
 
+    /// The thread's CPU clock. Without one (never on Linux) the thread looks as if it always
+    /// ran: windows then end only at their deadline.
+    #[cfg(not(test))]
     fn cpu() -> Duration {
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes a timespec into the pointer it is given, which is valid.
-        let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0;
-        // Without the clock, the thread looks as if it never ran: windows end at the first look.
-        let cpu = if ok {
-            Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
-        } else {
-            Duration::ZERO
-        };
-        #[cfg(test)]
-        let cpu = cpu.saturating_sub(FAKE_LOST.get());
-        cpu
+        thread_cpu_time().unwrap_or_else(|| CLOCKLESS.with(|start| start.elapsed()))
     }
+
+    /// In tests, the thread always has its core, but for the time a test says it lost: the
+    /// tests' threads share two busy cores, which would end their windows at random.
+    /// (`thread_cpu_time` has a test of its own.)
+    #[cfg(test)]
+    fn cpu() -> Duration {
+        CLOCKLESS
+            .with(|start| start.elapsed())
+            .saturating_sub(FAKE_LOST.get())
+    }
+}
+
+thread_local! {
+    /// The wall clock's start for a thread with no CPU clock.
+    static CLOCKLESS: Instant = Instant::now();
+}
+
+/// The CPU time the calling thread has run for, exact to the moment (the scheduler brings the
+/// running thread's count up to date).
+fn thread_cpu_time() -> Option<Duration> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes a timespec into the pointer it is given, which is valid.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0;
+    ok.then(|| Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
 }
 
 /// The thread's count of involuntary context switches: the kernel took the CPU from it for
@@ -266,8 +297,8 @@ mod tests {
         pause(1).await;
     }
 
-    /// Starts and ends calls until one is polled for (the machine's other work can take this
-    /// thread's core, which ends a window).
+    /// Starts and ends calls until one is polled for (polling pauses for a while when the
+    /// machine's other work preempted this thread while it had two calls in flight).
     async fn polled_for_a_call() -> bool {
         for _ in 0..50 {
             drop(Call::begin());
@@ -317,7 +348,8 @@ mod tests {
     #[test]
     fn losing_the_core_while_polling_ends_the_window() {
         runtime().block_on(async {
-            // A window far longer than the test: only the lost core can end it.
+            // A window far longer than the test: only the lost core (faked: a test's thread
+            // always has its core otherwise) can end it.
             start_polling(Duration::from_secs(30)).await;
             let call = Call::begin();
             assert!(polled_during(2).await || polled_for_a_call().await);
@@ -331,22 +363,36 @@ mod tests {
     fn a_short_preemption_while_polling_does_not_end_the_window() {
         runtime().block_on(async {
             start_polling(Duration::from_secs(30)).await;
-            // The machine's other work can end a window (this thread short of its core), so
-            // each try starts one; at any preemption, every try would end.
-            let mut polled_on = false;
-            for _ in 0..20 {
-                let call = Call::begin();
-                FAKE_PREEMPTIONS.set(FAKE_PREEMPTIONS.get() + 1);
-                pause(20).await;
-                polled_on = polled_during(10).await;
-                drop(call);
-                if polled_on {
-                    break;
-                }
-            }
-            assert!(polled_on, "a preemption ended every window");
-            drop(Call::begin());
+            let call = Call::begin();
+            assert!(polled_during(2).await || polled_for_a_call().await);
+            // Preempted for a microsecond, in the window.
+            FAKE_PREEMPTIONS.set(FAKE_PREEMPTIONS.get() + 1);
+            FAKE_LOST.set(FAKE_LOST.get() + Duration::from_micros(1));
+            pause(20).await;
+            assert!(
+                polled_during(10).await,
+                "a short preemption ended the window"
+            );
+            drop(call);
         });
+    }
+
+    #[test]
+    fn the_thread_cpu_clock_advances_only_while_the_thread_runs() {
+        let start = thread_cpu_time().expect("a CPU clock");
+        std::thread::sleep(Duration::from_millis(50));
+        let asleep = thread_cpu_time().unwrap() - start;
+        assert!(
+            asleep < Duration::from_millis(25),
+            "{asleep:?} while asleep"
+        );
+        let spinning = Instant::now();
+        while thread_cpu_time().unwrap() - start < Duration::from_millis(5) {
+            assert!(
+                spinning.elapsed() < Duration::from_secs(10),
+                "never advanced"
+            );
+        }
     }
 
     #[test]
@@ -357,7 +403,7 @@ mod tests {
             // With at most one call in flight, a preemption is its upstream or its agent.
             FAKE_PREEMPTIONS.set(FAKE_PREEMPTIONS.get() + 1);
             drop(Call::begin());
-            pause(5).await;
+            assert!(stops_polling().await);
             assert_eq!(PAUSES.get(), pauses, "paused for one call's preemption");
             // Preempted while it had two calls: a busy machine.
             let (first, second) = (Call::begin(), Call::begin());
