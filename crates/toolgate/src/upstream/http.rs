@@ -41,7 +41,7 @@ pub const LAST_EVENT_ID_HEADER: HeaderName = HeaderName::from_static("last-event
 
 /// hyper, not reqwest: every tools/call crosses this, and reqwest's conveniences (URL parsing
 /// and conversion, the redirect layer, header merging) cost about a quarter of the gateway's
-/// instructions per call (callgrind, see the README's performance section). The URI and the
+/// instructions per call (callgrind, docs/performance-history.md). The URI and the
 /// server's headers are built once here; a call only clones them.
 type TlsConnector = ConnectTimeout<hyper_rustls::HttpsConnector<HttpConnector>>;
 
