@@ -39,17 +39,21 @@ pub(crate) struct CompiledRule {
 pub(crate) struct CompiledTool {
     pub require: Vec<CompiledRule>,
     pub deny_if: Vec<CompiledRule>,
-    pub limits: Vec<Limit>,
+    /// Shared: an allowed call carries its limits to the counters without copying them.
+    pub limits: std::sync::Arc<[Limit]>,
     pub approval: Option<Approval>,
 }
 
 /// A compiled policy, ready to evaluate calls.
 pub struct Policy {
     pub(crate) document: Document,
-    pub(crate) tools: HashMap<Box<str>, CompiledTool>,
+    // foldhash, not std's SipHash: every call looks its tool up here (and in `hidden`), and
+    // SipHash cost about 300 instructions a call over the two. The keys are the document's
+    // names, a set no agent can grow; foldhash is seeded afresh in every process.
+    pub(crate) tools: HashMap<Box<str>, CompiledTool, foldhash::fast::RandomState>,
     /// Rules for tools not listed under `tools` when the default is allow.
     pub(crate) unlisted: Option<CompiledTool>,
-    pub(crate) hidden: HashSet<Box<str>>,
+    pub(crate) hidden: HashSet<Box<str>, foldhash::fast::RandomState>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -93,7 +97,7 @@ impl Policy {
             CompiledTool {
                 require,
                 deny_if,
-                limits,
+                limits: limits.into(),
                 approval,
             }
         };

@@ -20,7 +20,7 @@ pub const DEFAULT_DENY_RULE: &str = "(default deny)";
 pub enum Decision<'p> {
     /// The call may go on, once its counters are reserved and any approval given.
     Allow {
-        limits: &'p [Limit],
+        limits: &'p std::sync::Arc<[Limit]>,
         approval: Option<&'p Approval>,
     },
     /// The call is refused by `rule` (a JSON pointer into the document, or `(default deny)`).

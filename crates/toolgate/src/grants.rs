@@ -57,8 +57,10 @@ type Digest32 = [u8; 32];
 /// Every grant the gateway knows, indexed for the request path.
 #[derive(Default)]
 pub struct GrantTable {
-    by_digest: HashMap<Digest32, Arc<Grant>>,
-    anonymous_by_server: HashMap<String, Arc<Grant>>,
+    // foldhash (see `crate::HotMap`): every request looks its grant up here. The keys come
+    // from the configuration and the state store, never from an agent.
+    by_digest: HashMap<Digest32, Arc<Grant>, foldhash::fast::RandomState>,
+    anonymous_by_server: HashMap<String, Arc<Grant>, foldhash::fast::RandomState>,
 }
 
 pub fn digest(token: &str) -> Digest32 {

@@ -20,6 +20,10 @@ pub enum UpstreamSession {
     Http(HttpSession),
 }
 
+/// The tool names an upstream listed. foldhash (see `crate::HotMap`): a call to a tool the
+/// policy does not name looks it up here; the names are the upstream's, not an agent's.
+pub type ToolNames = std::collections::HashSet<String, foldhash::fast::RandomState>;
+
 pub struct Session {
     pub id: Arc<str>,
     pub grant: Arc<Grant>,
@@ -29,7 +33,7 @@ pub struct Session {
     /// GET streams currently open; a session with one is not idle.
     open_streams: AtomicUsize,
     /// Names of the tools the upstream listed, as last fetched by the gateway.
-    pub tool_names: std::sync::Mutex<Option<Arc<std::collections::HashSet<String>>>>,
+    pub tool_names: std::sync::Mutex<Option<Arc<ToolNames>>>,
     /// Cancelled when the session ends, so that its open streams end with it.
     pub ended: tokio_util::sync::CancellationToken,
 }

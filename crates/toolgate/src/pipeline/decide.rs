@@ -66,7 +66,7 @@ pub struct AllowedCall {
     /// instead of being interpreted by the server.
     pub must_be_listed: Option<String>,
     /// The counters to reserve (all_tools' and the tool's).
-    pub limits: Vec<Limit>,
+    pub limits: Arc<[Limit]>,
     pub policy_version: u64,
     pub decided: Decided,
 }
@@ -172,7 +172,7 @@ fn decide_call(msg: &Message<'_>, policy: Option<Arc<Loaded>>) -> Result<Verdict
             list_filter: None,
             call: Some(AllowedCall {
                 must_be_listed: (!loaded.policy.lists(name)).then(|| name.to_string()),
-                limits: limits.to_vec(),
+                limits: limits.clone(),
                 policy_version: loaded.version,
                 decided: decided(Outcome::Allow, None, version),
             }),

@@ -91,7 +91,7 @@ async fn upstream_lists(
     {
         return Ok(true);
     }
-    let mut names = std::collections::HashSet::new();
+    let mut names = crate::session::ToolNames::default();
     let mut cursor: Option<String> = None;
     for _page in 0..100u32 {
         let params = match &cursor {
