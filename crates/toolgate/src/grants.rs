@@ -59,8 +59,8 @@ type Digest32 = [u8; 32];
 pub struct GrantTable {
     // foldhash (see `crate::HotMap`): every request looks its grant up here. The keys come
     // from the configuration and the state store, never from an agent.
-    by_digest: HashMap<Digest32, Arc<Grant>, foldhash::fast::RandomState>,
-    anonymous_by_server: HashMap<String, Arc<Grant>, foldhash::fast::RandomState>,
+    by_digest: foldhash::HashMap<Digest32, Arc<Grant>>,
+    anonymous_by_server: foldhash::HashMap<String, Arc<Grant>>,
 }
 
 pub fn digest(token: &str) -> Digest32 {

@@ -22,7 +22,7 @@ pub enum UpstreamSession {
 
 /// The tool names an upstream listed. foldhash (see `crate::HotMap`): a call to a tool the
 /// policy does not name looks it up here; the names are the upstream's, not an agent's.
-pub type ToolNames = std::collections::HashSet<String, foldhash::fast::RandomState>;
+pub type ToolNames = foldhash::HashSet<String>;
 
 pub struct Session {
     pub id: Arc<str>,
