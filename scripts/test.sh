@@ -13,3 +13,4 @@ TOOLGATE_BIN="$PWD/target/debug/toolgate" bash scripts/conformance.sh
 TOOLGATE_BIN="$PWD/target/debug/toolgate" bash scripts/schemathesis.sh
 # Benchmarks are not tests: a short smoke run checks that the instruments still work.
 bash bench/run.sh --smoke
+bash bench/scripts/cpu-split.sh --smoke

@@ -2,7 +2,11 @@
 //! a warm-up), over Streamable HTTP or stdio (a child process per session), reporting
 //! throughput, latency percentiles from an HDR histogram, errors by kind, and — given the
 //! gateway's pid — its CPU seconds and peak RSS read from `/proc`, so CPU per call can be
-//! quoted. `--hold` opens sessions and keeps them idle (for memory per session).
+//! quoted. Over the measured window it also reports where the machine's CPU went per call:
+//! the load generator's own, the upstream's (`--upstream-pid`), the gateway's, and the whole
+//! machine's busy and idle time (`/proc/stat`), with context switches per call of the gateway
+//! and the upstream and the gateway's page faults (`bench/scripts/cpu-split.sh`). `--hold`
+//! opens sessions and keeps them idle (for memory per session).
 //!
 //!   loadgen --url http://127.0.0.1:8080/mcp/fast --sessions 16 --duration 10 --pid 1234
 //!   loadgen --stdio "target/release/fast-upstream --stdio" --sessions 16 --duration 10
@@ -48,6 +52,9 @@ struct Args {
     /// The process whose CPU time and peak RSS to report (the gateway).
     #[arg(long)]
     pid: Option<u32>,
+    /// The upstream's process, whose CPU time and context switches to report beside.
+    #[arg(long)]
+    upstream_pid: Option<u32>,
     /// Open this many sessions, keep them idle, report the pid's RSS, and exit.
     #[arg(long)]
     hold: Option<usize>,
@@ -102,6 +109,106 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .find(|l| l.starts_with("VmRSS:"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
+}
+
+/// Counters read at both ends of the measured window, for where each call's CPU went.
+struct Window {
+    /// This process's CPU seconds (every thread).
+    own_cpu: f64,
+    upstream: Option<Activity>,
+    gateway: Option<Activity>,
+    /// The machine's busy and idle seconds, all CPUs (`/proc/stat`, idle counting iowait).
+    machine_busy: f64,
+    machine_idle: f64,
+}
+
+/// A process's CPU seconds, context switches (every thread, voluntary or not) and minor
+/// page faults.
+#[derive(Clone, Copy)]
+struct Activity {
+    cpu: f64,
+    context_switches: u64,
+    minor_faults: u64,
+}
+
+fn activity(pid: &str) -> Option<Activity> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    let (minor_faults, utime, stime) = (field(7)?, field(11)?, field(12)?);
+    let mut context_switches = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue; // a thread that ended meanwhile
+        };
+        context_switches += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(Activity {
+        cpu: (utime + stime) as f64 / 100.0, // USER_HZ on Linux
+        context_switches,
+        minor_faults,
+    })
+}
+
+fn machine() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let t: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user already)
+    let busy = t.first()? + t.get(1)? + t.get(2)? + t.get(5)? + t.get(6)? + t.get(7)?;
+    let idle = t.get(3)? + t.get(4)?;
+    Some((busy as f64 / 100.0, idle as f64 / 100.0))
+}
+
+impl Window {
+    fn read(args: &Args) -> Option<Window> {
+        let (machine_busy, machine_idle) = machine()?;
+        Some(Window {
+            own_cpu: activity("self")?.cpu,
+            upstream: args.upstream_pid.and_then(|p| activity(&p.to_string())),
+            gateway: args.pid.and_then(|p| activity(&p.to_string())),
+            machine_busy,
+            machine_idle,
+        })
+    }
+
+    /// Per call, from `before` to `self`.
+    fn split(&self, before: &Window, calls: u64) -> Value {
+        if calls == 0 {
+            return Value::Null;
+        }
+        let n = calls as f64;
+        let us = |seconds: f64| seconds * 1e6 / n;
+        let of = |a: Option<Activity>, b: Option<Activity>| match (a, b) {
+            (Some(a), Some(b)) => Some((a, b)),
+            _ => None,
+        };
+        let gateway = of(self.gateway, before.gateway);
+        let upstream = of(self.upstream, before.upstream);
+        json!({
+            "loadgen_us": us(self.own_cpu - before.own_cpu),
+            "upstream_us": upstream.map(|(a, b)| us(a.cpu - b.cpu)),
+            "gateway_us": gateway.map(|(a, b)| us(a.cpu - b.cpu)),
+            "machine_busy_us": us(self.machine_busy - before.machine_busy),
+            "machine_idle_us": us(self.machine_idle - before.machine_idle),
+            "gateway_context_switches": gateway
+                .map(|(a, b)| (a.context_switches - b.context_switches) as f64 / n),
+            "upstream_context_switches": upstream
+                .map(|(a, b)| (a.context_switches - b.context_switches) as f64 / n),
+            "gateway_minor_faults": gateway.map(|(a, b)| (a.minor_faults - b.minor_faults) as f64 / n),
+        })
+    }
 }
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"toolgate-loadgen","version":"0.1.0"}}}"#;
@@ -409,12 +516,14 @@ async fn main() {
         .collect();
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
     let cpu_before = args.pid.and_then(proc_stats);
+    let window_before = Window::read(&args);
     let started = Instant::now();
     measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = args.pid.and_then(proc_stats);
+    let window_after = Window::read(&args);
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
@@ -442,6 +551,10 @@ async fn main() {
         "cpu_us_per_call": cpu.and_then(|c| per_call(c.cpu)),
         "cpu_system_us_per_call": cpu.and_then(|c| per_call(c.system)),
         "peak_rss_kib": cpu.map(|c| c.peak_rss_kib),
+        "cpu_split_per_call": match (&window_before, &window_after) {
+            (Some(b), Some(a)) => a.split(b, t.ok),
+            _ => Value::Null,
+        },
     });
     println!("{out}");
 }

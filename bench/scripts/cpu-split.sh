@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Where each call's CPU goes, at 64 sessions (SESSIONS to change): the load generator's, the
+# upstream's and the proxy's CPU per call, the whole machine's busy and idle time per call
+# (/proc/stat), context switches per call of the upstream and the proxy, and the proxy's
+# minor page faults per call - directly against the fast upstream, through bare-proxy (one
+# single-threaded runtime: the HTTP stack alone), nginx when it is installed, and toolgate
+# four ways: allow-all and realistic (bench/realistic-policy.py), each with audit off and on
+# (bench/run.sh's two are allow-all with audit off and realistic with audit on), so that the
+# policy's cost and the audit journal's show apart.
+#
+# Why: with every process on two cores and the machine busy (idle near zero), throughput is
+# the machine's CPU divided by the CPU a call costs in all processes together, so a proxy's
+# ratio to direct is about direct's busy time per call over the proxy's. That splits the
+# 64-session ratio of bench/run.sh into what the proxy spends itself and what the load
+# generator and the upstream spend more behind it (more context switches: each goes idle and
+# is woken more often). Medians over ROUNDS rounds; each round runs direct first and last,
+# and its ratios are to the mean of the two.
+#
+#   bash bench/scripts/cpu-split.sh          # 3 rounds of 3 s per run (about 2 minutes)
+#   SESSIONS=16 ROUNDS=5 bash bench/scripts/cpu-split.sh [TOOLGATE_BINARY]
+#   bash bench/scripts/cpu-split.sh --smoke  # one short round at 4 sessions: checks it runs
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SESSIONS=${SESSIONS:-64}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-3}
+WARMUP=1
+if [[ ${1:-} == --smoke ]]; then
+  shift
+  SESSIONS=4
+  ROUNDS=1
+  DURATION=0.3
+  WARMUP=0.2
+fi
+GATEWAY=${1:-target/release/toolgate}
+source bench/lib.sh
+start_fast_upstream
+UP_PID=${pids[-1]}
+write_policies
+
+names=(direct)
+declare -A URL PID
+URL[direct]=$UP
+PID[direct]=
+
+"$BIN/bare-proxy" --upstream "$UP" --port 0 --current-thread >"$TMP/bare1.log" &
+pids+=($!)
+PID[bare-proxy]=$!
+wait_for "$TMP/bare1.log" listening
+URL[bare-proxy]=$(printed_url "$TMP/bare1.log")
+names+=(bare-proxy)
+
+if command -v nginx >/dev/null; then
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  mkdir -p "$TMP/nginx"
+  up_addr=${UP#http://}
+  up_addr=${up_addr%%/*}
+  # As bench/run.sh's: one worker, keep-alive to the upstream, no buffering.
+  cat >"$TMP/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $TMP/nginx;
+  proxy_temp_path $TMP/nginx;
+  upstream up { server $up_addr; keepalive 128; }
+  server {
+    listen 127.0.0.1:$port;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
+  }
+}
+NGINX
+  nginx -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" &
+  pids+=($!)
+  for _ in $(seq 50); do [[ -n $(pgrep -P "${pids[-1]}") ]] && break; sleep 0.1; done
+  PID[nginx]=$(pgrep -P "${pids[-1]}" | head -1)
+  URL[nginx]=http://127.0.0.1:$port/mcp
+  names+=(nginx)
+fi
+
+for config in plain realistic; do
+  for audit in false true; do
+    name=toolgate-$config
+    [[ $config == plain ]] && name=toolgate-allow-all
+    [[ $audit == true ]] && name+=+audit
+    dir=$TMP/$name
+    write_gateway_config "$dir" "$TMP/$config.json" "$audit"
+    TOOLGATE_LOG="warn,toolgate=info,toolgate::upstream=warn" TOOLGATE_ADMIN_TOKEN=bench \
+      "$GATEWAY" serve --config "$dir/toolgate.toml" 2>"$dir/log" &
+    pids+=($!)
+    PID[$name]=$!
+    wait_for "$dir/log" 'listening on' >/dev/null
+    URL[$name]=$(listening_url "$dir/log")/mcp/http
+    names+=("$name")
+  done
+done
+
+RESULTS=$TMP/split.jsonl
+: >"$RESULTS"
+run() { # name round
+  local args=(--url "${URL[$1]}" --sessions "$SESSIONS" --duration "$DURATION" --warmup "$WARMUP"
+    --upstream-pid "$UP_PID" --name "$1/$2")
+  [[ -n ${PID[$1]} ]] && args+=(--pid "${PID[$1]}")
+  "$BIN/loadgen" "${args[@]}" >>"$RESULTS"
+}
+for round in $(seq "$ROUNDS"); do
+  for name in "${names[@]}"; do run "$name" "$round"; done
+  run direct "$round"
+done
+
+python3 - "$RESULTS" "$SESSIONS" "$ROUNDS" "${names[@]}" <<'PY'
+import json, statistics, sys
+path, sessions, rounds, names = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+runs = {}
+for line in open(path):
+    d = json.loads(line)
+    name, rnd = d["name"].rsplit("/", 1)
+    runs.setdefault((name, int(rnd)), []).append(d)
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+def fmt(v, nd=1):
+    return "-" if v is None else f"{v:.{nd}f}"
+print(f"CPU per call at {sessions} sessions, medians of {rounds} rounds "
+      "(µs per call; ratio = calls/s over the round's direct mean)")
+print()
+print("| run | calls/s | ratio | load generator | upstream | proxy (of it kernel) | sum | machine busy "
+      "| idle | upstream ctx sw | proxy ctx sw | proxy faults |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for name in names:
+    rows = []
+    for r in range(1, rounds + 1):
+        direct = runs[("direct", r)]
+        base = statistics.mean(d["throughput"] for d in direct)
+        for d in runs[(name, r)] if name != "direct" else direct:
+            split = dict(d["cpu_split_per_call"] or {})
+            split["gateway_system_us"] = d.get("cpu_system_us_per_call")
+            rows.append((d["throughput"], d["throughput"] / base, split))
+    col = lambda k: median([s.get(k) for _, _, s in rows])
+    proxy = col("gateway_us")
+    parts = [col("loadgen_us"), col("upstream_us"), proxy or 0.0]
+    proxy_text = "-" if proxy is None else f"{proxy:.1f} ({fmt(col('gateway_system_us'))})"
+    print(f"| {name} | {median([t for t, _, _ in rows]):.0f} | {median([q for _, q, _ in rows]):.2f} "
+          f"| {fmt(parts[0])} | {fmt(parts[1])} | {proxy_text} | {fmt(sum(parts))} "
+          f"| {fmt(col('machine_busy_us'))} | {fmt(col('machine_idle_us'))} "
+          f"| {fmt(col('upstream_context_switches'), 2)} | {fmt(col('gateway_context_switches'), 2)} "
+          f"| {fmt(col('gateway_minor_faults'), 3)} |")
+PY
