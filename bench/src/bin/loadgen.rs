@@ -196,17 +196,20 @@ impl Window {
         };
         let gateway = of(self.gateway, before.gateway);
         let upstream = of(self.upstream, before.upstream);
+        // A thread that ended in the window takes its switches with it: never below zero.
+        let switches = |(a, b): (Activity, Activity)| {
+            a.context_switches.saturating_sub(b.context_switches) as f64 / n
+        };
         json!({
             "loadgen_us": us(self.own_cpu - before.own_cpu),
             "upstream_us": upstream.map(|(a, b)| us(a.cpu - b.cpu)),
             "gateway_us": gateway.map(|(a, b)| us(a.cpu - b.cpu)),
             "machine_busy_us": us(self.machine_busy - before.machine_busy),
             "machine_idle_us": us(self.machine_idle - before.machine_idle),
-            "gateway_context_switches": gateway
-                .map(|(a, b)| (a.context_switches - b.context_switches) as f64 / n),
-            "upstream_context_switches": upstream
-                .map(|(a, b)| (a.context_switches - b.context_switches) as f64 / n),
-            "gateway_minor_faults": gateway.map(|(a, b)| (a.minor_faults - b.minor_faults) as f64 / n),
+            "gateway_context_switches": gateway.map(switches),
+            "upstream_context_switches": upstream.map(switches),
+            "gateway_minor_faults": gateway
+                .map(|(a, b)| a.minor_faults.saturating_sub(b.minor_faults) as f64 / n),
         })
     }
 }
