@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # Where each call's CPU goes, at 64 sessions (SESSIONS to change): the load generator's, the
-# upstream's and the proxy's CPU per call, the whole machine's busy and idle time per call
-# (/proc/stat), context switches per call of the upstream and the proxy, and the proxy's
-# minor page faults per call - directly against the fast upstream, through bare-proxy (one
-# single-threaded runtime: the HTTP stack alone), nginx when it is installed, and toolgate
-# four ways: allow-all and realistic (bench/realistic-policy.py), each with audit off and on
-# (bench/run.sh's two are allow-all with audit off and realistic with audit on), so that the
-# policy's cost and the audit journal's show apart.
+# upstream's and the proxy's CPU per call, the whole machine's busy, idle and stolen time per
+# call (/proc/stat; steal is time the host gave our vCPUs to someone else), context switches
+# per call of the upstream and the proxy, and the proxy's minor page faults per call -
+# directly against the fast upstream, through bare-proxy (one single-threaded runtime: the
+# HTTP stack alone), nginx when it is installed, and toolgate four ways: allow-all and
+# realistic (bench/realistic-policy.py), each with audit off and on (bench/run.sh's two are
+# allow-all with audit off and realistic with audit on), so that the policy's cost and the
+# audit journal's show apart.
 #
 # Why: with every process on two cores and the machine busy (idle near zero), throughput is
 # the machine's CPU divided by the CPU a call costs in all processes together, so a proxy's
 # ratio to direct is about direct's busy time per call over the proxy's. That splits the
 # 64-session ratio of bench/run.sh into what the proxy spends itself and what the load
 # generator and the upstream spend more behind it (more context switches: each goes idle and
-# is woken more often). Medians over ROUNDS rounds; each round runs direct first and last,
-# and its ratios are to the mean of the two.
+# is woken more often). Steal above zero marks a run the host slowed down. Medians over
+# ROUNDS rounds; each round runs direct first and last, and its ratios are to the mean of
+# the two.
 #
 #   bash bench/scripts/cpu-split.sh          # 3 rounds of 3 s per run (about 2 minutes)
 #   SESSIONS=16 ROUNDS=5 bash bench/scripts/cpu-split.sh [TOOLGATE_BINARY]
@@ -128,8 +130,8 @@ print(f"CPU per call at {sessions} sessions, medians of {rounds} rounds "
       "(µs per call; ratio = calls/s over the round's direct mean)")
 print()
 print("| run | calls/s | ratio | load generator | upstream | proxy (of it kernel) | sum | machine busy "
-      "| idle | upstream ctx sw | proxy ctx sw | proxy faults |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+      "| idle | steal | upstream ctx sw | proxy ctx sw | proxy faults |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for name in names:
     rows = []
     for r in range(1, rounds + 1):
@@ -145,7 +147,7 @@ for name in names:
     proxy_text = "-" if proxy is None else f"{proxy:.1f} ({fmt(col('gateway_system_us'))})"
     print(f"| {name} | {median([t for t, _, _ in rows]):.0f} | {median([q for _, q, _ in rows]):.2f} "
           f"| {fmt(parts[0])} | {fmt(parts[1])} | {proxy_text} | {fmt(sum(parts))} "
-          f"| {fmt(col('machine_busy_us'))} | {fmt(col('machine_idle_us'))} "
+          f"| {fmt(col('machine_busy_us'))} | {fmt(col('machine_idle_us'))} | {fmt(col('machine_steal_us'))} "
           f"| {fmt(col('upstream_context_switches'), 2)} | {fmt(col('gateway_context_switches'), 2)} "
           f"| {fmt(col('gateway_minor_faults'), 3)} |")
 PY

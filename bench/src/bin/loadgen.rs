@@ -4,7 +4,7 @@
 //! gateway's pid — its CPU seconds and peak RSS read from `/proc`, so CPU per call can be
 //! quoted. Over the measured window it also reports where the machine's CPU went per call:
 //! the load generator's own, the upstream's (`--upstream-pid`), the gateway's, and the whole
-//! machine's busy and idle time (`/proc/stat`), with context switches per call of the gateway
+//! machine's busy, idle and stolen time (`/proc/stat`), with context switches per call of the gateway
 //! and the upstream and the gateway's page faults (`bench/scripts/cpu-split.sh`). `--hold`
 //! opens sessions and keeps them idle (for memory per session).
 //!
@@ -117,9 +117,18 @@ struct Window {
     own_cpu: f64,
     upstream: Option<Activity>,
     gateway: Option<Activity>,
-    /// The machine's busy and idle seconds, all CPUs (`/proc/stat`, idle counting iowait).
-    machine_busy: f64,
-    machine_idle: f64,
+    /// The machine's seconds, all CPUs (`/proc/stat`).
+    machine: MachineTime,
+}
+
+/// CPU seconds of the whole machine: busy (user, nice, system, irq, softirq), idle (with
+/// iowait), and stolen: time a vCPU wanted to run and its host ran something else, which
+/// on a shared host is how a neighbour slows a run down.
+#[derive(Clone, Copy)]
+struct MachineTime {
+    busy: f64,
+    idle: f64,
+    steal: f64,
 }
 
 /// A process's CPU seconds, context switches (every thread, voluntary or not) and minor
@@ -158,7 +167,7 @@ fn activity(pid: &str) -> Option<Activity> {
     })
 }
 
-fn machine() -> Option<(f64, f64)> {
+fn machine() -> Option<MachineTime> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
     let t: Vec<u64> = line
@@ -166,20 +175,21 @@ fn machine() -> Option<(f64, f64)> {
         .filter_map(|v| v.parse().ok())
         .collect();
     // user nice system idle iowait irq softirq steal (guest time is inside user already)
-    let busy = t.first()? + t.get(1)? + t.get(2)? + t.get(5)? + t.get(6)? + t.get(7)?;
-    let idle = t.get(3)? + t.get(4)?;
-    Some((busy as f64 / 100.0, idle as f64 / 100.0))
+    let seconds = |ticks: u64| ticks as f64 / 100.0;
+    Some(MachineTime {
+        busy: seconds(t.first()? + t.get(1)? + t.get(2)? + t.get(5)? + t.get(6)?),
+        idle: seconds(t.get(3)? + t.get(4)?),
+        steal: seconds(*t.get(7)?),
+    })
 }
 
 impl Window {
     fn read(args: &Args) -> Option<Window> {
-        let (machine_busy, machine_idle) = machine()?;
         Some(Window {
             own_cpu: activity("self")?.cpu,
             upstream: args.upstream_pid.and_then(|p| activity(&p.to_string())),
             gateway: args.pid.and_then(|p| activity(&p.to_string())),
-            machine_busy,
-            machine_idle,
+            machine: machine()?,
         })
     }
 
@@ -204,8 +214,9 @@ impl Window {
             "loadgen_us": us(self.own_cpu - before.own_cpu),
             "upstream_us": upstream.map(|(a, b)| us(a.cpu - b.cpu)),
             "gateway_us": gateway.map(|(a, b)| us(a.cpu - b.cpu)),
-            "machine_busy_us": us(self.machine_busy - before.machine_busy),
-            "machine_idle_us": us(self.machine_idle - before.machine_idle),
+            "machine_busy_us": us(self.machine.busy - before.machine.busy),
+            "machine_idle_us": us(self.machine.idle - before.machine.idle),
+            "machine_steal_us": us(self.machine.steal - before.machine.steal),
             "gateway_context_switches": gateway.map(switches),
             "upstream_context_switches": upstream.map(switches),
             "gateway_minor_faults": gateway
