@@ -47,6 +47,41 @@ start_fast_upstream() {
   UP=$(printed_url "$TMP/upstream.log")
 }
 
+# Starts nginx, when it is installed, as a tuned C proxy to the fast upstream (one worker,
+# keep-alive to the upstream, no buffering): sets NGINX to its MCP endpoint and NGINX_WORKER
+# to its worker's pid; NGINX stays empty without nginx (`apt-get install nginx-light`).
+start_nginx() {
+  NGINX=
+  command -v nginx >/dev/null || return 0
+  local port up_addr
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  mkdir -p "$TMP/nginx"
+  up_addr=${UP#http://}
+  up_addr=${up_addr%%/*}
+  cat >"$TMP/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $TMP/nginx;
+  proxy_temp_path $TMP/nginx;
+  upstream up { server $up_addr; keepalive 128; }
+  server {
+    listen 127.0.0.1:$port;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
+  }
+}
+NGINX
+  nginx -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" &
+  pids+=($!)
+  for _ in $(seq 50); do [[ -n $(pgrep -P "${pids[-1]}") ]] && break; sleep 0.1; done
+  NGINX_WORKER=$(pgrep -P "${pids[-1]}" | head -1)
+  NGINX=http://127.0.0.1:$port/mcp
+}
+
 # The two policies the benchmarks compare: $TMP/plain.json (allow-all) and
 # $TMP/realistic.json (bench/realistic-policy.py: 60 tools, deny_if conditions, two limits).
 write_policies() {

@@ -66,35 +66,7 @@ BARE1P_PID=$!
 wait_for "$TMP/bare1p.log" listening
 BARE1P=$(printed_url "$TMP/bare1p.log")
 
-NGINX=
-if command -v nginx >/dev/null; then
-  NGINX_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  mkdir -p "$TMP/nginx"
-  UP_ADDR=${UP#http://}
-  UP_ADDR=${UP_ADDR%%/*}
-  cat >"$TMP/nginx/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $TMP/nginx;
-  proxy_temp_path $TMP/nginx;
-  upstream up { server $UP_ADDR; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
-  }
-}
-NGINX
-  nginx -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" &
-  pids+=($!)
-  for _ in $(seq 50); do [[ -n $(pgrep -P "${pids[-1]}") ]] && break; sleep 0.1; done
-  NGINX_WORKER=$(pgrep -P "${pids[-1]}" | head -1)
-  NGINX=http://127.0.0.1:$NGINX_PORT/mcp
-fi
+start_nginx
 
 write_policies
 

@@ -52,34 +52,10 @@ wait_for "$TMP/bare1.log" listening
 URL[bare-proxy]=$(printed_url "$TMP/bare1.log")
 names+=(bare-proxy)
 
-if command -v nginx >/dev/null; then
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  mkdir -p "$TMP/nginx"
-  up_addr=${UP#http://}
-  up_addr=${up_addr%%/*}
-  # As bench/run.sh's: one worker, keep-alive to the upstream, no buffering.
-  cat >"$TMP/nginx/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $TMP/nginx;
-  proxy_temp_path $TMP/nginx;
-  upstream up { server $up_addr; keepalive 128; }
-  server {
-    listen 127.0.0.1:$port;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
-  }
-}
-NGINX
-  nginx -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" &
-  pids+=($!)
-  for _ in $(seq 50); do [[ -n $(pgrep -P "${pids[-1]}") ]] && break; sleep 0.1; done
-  PID[nginx]=$(pgrep -P "${pids[-1]}" | head -1)
-  URL[nginx]=http://127.0.0.1:$port/mcp
+start_nginx
+if [[ -n $NGINX ]]; then
+  PID[nginx]=$NGINX_WORKER
+  URL[nginx]=$NGINX
   names+=(nginx)
 fi
 
