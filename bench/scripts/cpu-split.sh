@@ -119,10 +119,12 @@ for name in names:
             rows.append((d["throughput"], d["throughput"] / base, split))
     col = lambda k: median([s.get(k) for _, _, s in rows])
     proxy = col("gateway_us")
-    parts = [col("loadgen_us"), col("upstream_us"), proxy or 0.0]
+    # A part that could not be read (no calls, an upstream that died) is left out of the sum.
+    parts = [col("loadgen_us"), col("upstream_us"), proxy]
+    known = [x for x in parts if x is not None]
     proxy_text = "-" if proxy is None else f"{proxy:.1f} ({fmt(col('gateway_system_us'))})"
     print(f"| {name} | {median([t for t, _, _ in rows]):.0f} | {median([q for _, q, _ in rows]):.2f} "
-          f"| {fmt(parts[0])} | {fmt(parts[1])} | {proxy_text} | {fmt(sum(parts))} "
+          f"| {fmt(parts[0])} | {fmt(parts[1])} | {proxy_text} | {fmt(sum(known) if known else None)} "
           f"| {fmt(col('machine_busy_us'))} | {fmt(col('machine_idle_us'))} | {fmt(col('machine_steal_us'))} "
           f"| {fmt(col('upstream_context_switches'), 2)} | {fmt(col('gateway_context_switches'), 2)} "
           f"| {fmt(col('gateway_minor_faults'), 3)} |")
