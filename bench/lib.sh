@@ -109,6 +109,19 @@ anonymous = true
 TOML
 }
 
+# Starts toolgate BINARY on a configuration of write_gateway_config's at $TMP/NAME; prints
+# "pid url" (the url of its server "http"). Its pid also goes to $TMP/NAME/pid, so that it is
+# stopped on exit when this runs in a subshell (`read -r pid url < <(start_gateway ...)`).
+start_gateway() { # name binary policy-file audit-enabled
+  local dir=$TMP/$1
+  write_gateway_config "$dir" "$3" "$4"
+  TOOLGATE_LOG="warn,toolgate=info,toolgate::upstream=warn" TOOLGATE_ADMIN_TOKEN=bench \
+    "$2" serve --config "$dir/toolgate.toml" 2>"$dir/log" &
+  echo "$!" >"$dir/pid"
+  wait_for "$dir/log" 'listening on' >/dev/null
+  echo "$(cat "$dir/pid") $(listening_url "$dir/log")/mcp/http"
+}
+
 # For the hey-based scripts (policy-cost.sh, audit-cost.sh): $call is the tools/call they
 # send, $N and $C the request count and concurrency.
 HEY_INIT='{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}'

@@ -20,15 +20,6 @@ source bench/lib.sh
 start_fast_upstream
 write_policies
 
-start() { # name binary policy audit -> prints "pid url"
-  local dir=$TMP/$1
-  write_gateway_config "$dir" "$3" "$4"
-  TOOLGATE_LOG="warn,toolgate=info,toolgate::upstream=warn" TOOLGATE_ADMIN_TOKEN=bench \
-    "$2" serve --config "$dir/toolgate.toml" 2>"$dir/log" &
-  echo "$!" >"$dir/pid"
-  wait_for "$dir/log" 'listening on' >/dev/null
-  echo "$(cat "$dir/pid") $(listening_url "$dir/log")/mcp/http"
-}
 runs=()
 for side in A B; do
   bin=$A
@@ -36,7 +27,7 @@ for side in A B; do
   for config in plain realistic; do
     audit=false
     [[ $config == realistic ]] && audit=true
-    read -r pid url < <(start "$side-$config" "$bin" "$TMP/$config.json" "$audit")
+    read -r pid url < <(start_gateway "$side-$config" "$bin" "$TMP/$config.json" "$audit")
     runs+=("$side-$config $pid $url")
   done
 done

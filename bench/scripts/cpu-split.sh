@@ -64,14 +64,7 @@ for config in plain realistic; do
     name=toolgate-$config
     [[ $config == plain ]] && name=toolgate-allow-all
     [[ $audit == true ]] && name+=+audit
-    dir=$TMP/$name
-    write_gateway_config "$dir" "$TMP/$config.json" "$audit"
-    TOOLGATE_LOG="warn,toolgate=info,toolgate::upstream=warn" TOOLGATE_ADMIN_TOKEN=bench \
-      "$GATEWAY" serve --config "$dir/toolgate.toml" 2>"$dir/log" &
-    pids+=($!)
-    PID[$name]=$!
-    wait_for "$dir/log" 'listening on' >/dev/null
-    URL[$name]=$(listening_url "$dir/log")/mcp/http
+    read -r "PID[$name]" "URL[$name]" < <(start_gateway "$name" "$GATEWAY" "$TMP/$config.json" "$audit")
     names+=("$name")
   done
 done

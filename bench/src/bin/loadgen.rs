@@ -82,33 +82,48 @@ struct ProcStats {
 
 /// CPU seconds and peak RSS (KiB) of a process, from /proc.
 fn proc_stats(pid: u32) -> Option<ProcStats> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = 100.0; // USER_HZ on Linux
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hwm = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())?;
+    let times = stat_times(&pid.to_string())?;
     Some(ProcStats {
-        cpu: (utime + stime) / ticks,
-        system: stime / ticks,
-        peak_rss_kib: hwm,
+        cpu: times.user + times.system,
+        system: times.system,
+        peak_rss_kib: status_kib(pid, "VmHWM:")?,
     })
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `/proc/PID/status` line's number (KiB for the memory lines).
+fn status_kib(pid: u32, name: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(name))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
+}
+
+/// What `/proc/PID/stat` (PID or `self`) says of a process: minor page faults, and user and
+/// system CPU seconds.
+struct StatTimes {
+    minor_faults: u64,
+    user: f64,
+    system: f64,
+}
+
+fn stat_times(pid: &str) -> Option<StatTimes> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    let seconds = |ticks: u64| ticks as f64 / 100.0; // USER_HZ on Linux
+    Some(StatTimes {
+        minor_faults: field(7)?,
+        user: seconds(field(11)?),
+        system: seconds(field(12)?),
+    })
 }
 
 /// Counters read at both ends of the measured window, for where each call's CPU went.
@@ -140,12 +155,8 @@ struct Activity {
     minor_faults: u64,
 }
 
-fn activity(pid: &str) -> Option<Activity> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
-    let (minor_faults, utime, stime) = (field(7)?, field(11)?, field(12)?);
+fn activity(pid: u32) -> Option<Activity> {
+    let times = stat_times(&pid.to_string())?;
     let mut context_switches = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))
         .ok()?
@@ -161,9 +172,9 @@ fn activity(pid: &str) -> Option<Activity> {
             .sum::<u64>();
     }
     Some(Activity {
-        cpu: (utime + stime) as f64 / 100.0, // USER_HZ on Linux
+        cpu: times.user + times.system,
         context_switches,
-        minor_faults,
+        minor_faults: times.minor_faults,
     })
 }
 
@@ -186,9 +197,9 @@ fn machine() -> Option<MachineTime> {
 impl Window {
     fn read(args: &Args) -> Option<Window> {
         Some(Window {
-            own_cpu: activity("self")?.cpu,
-            upstream: args.upstream_pid.and_then(|p| activity(&p.to_string())),
-            gateway: args.pid.and_then(|p| activity(&p.to_string())),
+            own_cpu: stat_times("self").map(|t| t.user + t.system)?,
+            upstream: args.upstream_pid.and_then(activity),
+            gateway: args.pid.and_then(activity),
             machine: machine()?,
         })
     }
