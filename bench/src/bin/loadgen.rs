@@ -70,26 +70,6 @@ struct Tally {
     errors: BTreeMap<String, u64>,
 }
 
-/// What /proc says about the gateway process.
-#[derive(Clone, Copy)]
-struct ProcStats {
-    /// CPU seconds, user and system.
-    cpu: f64,
-    /// CPU seconds in the kernel: the share every proxy pays for its sockets.
-    system: f64,
-    peak_rss_kib: u64,
-}
-
-/// CPU seconds and peak RSS (KiB) of a process, from /proc.
-fn proc_stats(pid: u32) -> Option<ProcStats> {
-    let times = stat_times(&pid.to_string())?;
-    Some(ProcStats {
-        cpu: times.user + times.system,
-        system: times.system,
-        peak_rss_kib: status_kib(pid, "VmHWM:")?,
-    })
-}
-
 fn rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmRSS:")
 }
@@ -146,11 +126,13 @@ struct MachineTime {
     steal: f64,
 }
 
-/// A process's CPU seconds, context switches (every thread, voluntary or not) and minor
-/// page faults.
+/// A process's CPU seconds (user and system, and system alone: the kernel's share, which
+/// every proxy pays for its sockets), context switches (every thread, voluntary or not) and
+/// minor page faults.
 #[derive(Clone, Copy)]
 struct Activity {
     cpu: f64,
+    system: f64,
     context_switches: u64,
     minor_faults: u64,
 }
@@ -173,6 +155,7 @@ fn activity(pid: u32) -> Option<Activity> {
     }
     Some(Activity {
         cpu: times.user + times.system,
+        system: times.system,
         context_switches,
         minor_faults: times.minor_faults,
     })
@@ -540,14 +523,12 @@ async fn main() {
         })
         .collect();
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
-    let cpu_before = args.pid.and_then(proc_stats);
     let window_before = Window::read(&args);
     let started = Instant::now();
     measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu_after = args.pid.and_then(proc_stats);
     let window_after = Window::read(&args);
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -555,14 +536,13 @@ async fn main() {
     }
     let t = tally.lock().await;
     let q = |p: f64| t.hist.as_ref().map(|h| h.value_at_quantile(p)).unwrap_or(0);
-    let cpu = match (cpu_before, cpu_after) {
-        (Some(b), Some(a)) => Some(ProcStats {
-            cpu: a.cpu - b.cpu,
-            system: a.system - b.system,
-            peak_rss_kib: a.peak_rss_kib,
-        }),
+    // The gateway's CPU seconds over the window, and its peak RSS.
+    let cpu = match (&window_before, &window_after) {
+        (Some(b), Some(a)) => a.gateway.zip(b.gateway),
         _ => None,
-    };
+    }
+    .map(|(a, b)| (a.cpu - b.cpu, a.system - b.system));
+    let peak_rss_kib = args.pid.and_then(|p| status_kib(p, "VmHWM:"));
     let per_call = |seconds: f64| (t.ok > 0).then(|| seconds * 1e6 / t.ok as f64);
     let out = json!({
         "name": args.name,
@@ -572,10 +552,10 @@ async fn main() {
         "throughput": t.ok as f64 / elapsed,
         "latency_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999)},
         "errors": t.errors,
-        "cpu_seconds": cpu.map(|c| c.cpu),
-        "cpu_us_per_call": cpu.and_then(|c| per_call(c.cpu)),
-        "cpu_system_us_per_call": cpu.and_then(|c| per_call(c.system)),
-        "peak_rss_kib": cpu.map(|c| c.peak_rss_kib),
+        "cpu_seconds": cpu.map(|(all, _)| all),
+        "cpu_us_per_call": cpu.and_then(|(all, _)| per_call(all)),
+        "cpu_system_us_per_call": cpu.and_then(|(_, system)| per_call(system)),
+        "peak_rss_kib": peak_rss_kib,
         "cpu_split_per_call": match (&window_before, &window_after) {
             (Some(b), Some(a)) => a.split(b, t.ok),
             _ => Value::Null,
