@@ -343,3 +343,23 @@ fn an_invalid_policy_file_is_a_config_error() {
         &["/default"],
     );
 }
+
+/// The allocator's settings in the binary (`main.rs`, `_rjem_malloc_conf`) reach jemalloc: a
+/// symbol under the wrong name would be ignored without a word, and a call's malloc and free
+/// cost would go back up (README, Performance). jemalloc says what it set when asked to.
+#[test]
+fn the_binary_sizes_jemallocs_thread_caches() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = toolgate(
+        &["--version"],
+        &[("_RJEM_MALLOC_CONF", "confirm_conf:true")],
+        dir.path(),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for set in [
+        "Set conf value: tcache_nslots_small_min:128",
+        "Set conf value: tcache_gc_incr_bytes:16777216",
+    ] {
+        assert!(out.stderr.contains(set), "no '{set}' in: {}", out.stderr);
+    }
+}
