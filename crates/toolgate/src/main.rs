@@ -17,9 +17,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 // default a cache holds 20 to 200 objects of a size class and is trimmed every 64 KiB
 // allocated; with tens of calls in flight on a thread, the calls' futures, buffers and header
 // maps outnumbered that, so frees overflowed into the arena and the next calls refilled from
-// it: about 6,000 of a call's 66,000 instructions at 64 sessions went to malloc and free
-// (callgrind, `SESSIONS=64 bench/scripts/instructions.sh`), 1,600 to 2,200 with at least 128
-// objects cached and a trim every 16 MiB (either alone changed nothing). A cache holds only
+// it: about 7,300 of a call's 66,800 instructions at 64 sessions went to malloc and free
+// (callgrind, `SESSIONS=64 bench/scripts/instructions.sh`, allow-all), 2,000 with at least
+// 128 objects cached and a trim every 16 MiB (each alone did part of it). A cache holds only
 // what its thread freed, at most 200 objects of a small size class: about 300 KiB more
 // after a 64-session load, and the idle and per-session memory did not move (README,
 // Performance). `_RJEM_MALLOC_CONF` in the environment still overrides this (read last).
