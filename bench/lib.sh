@@ -47,6 +47,18 @@ start_fast_upstream() {
   UP=$(printed_url "$TMP/upstream.log")
 }
 
+# Starts bench/src/bin/bare_proxy.rs (toolgate's HTTP stack doing nothing else) in front of
+# the fast upstream, with ARGS; prints "pid url", and leaves its pid in $TMP/NAME/pid as
+# start_gateway does (`read -r pid url < <(start_bare_proxy NAME ...)`).
+start_bare_proxy() { # name [bare-proxy args...]
+  local dir=$TMP/$1
+  mkdir -p "$dir"
+  "$BIN/bare-proxy" --upstream "$UP" --port 0 "${@:2}" >"$dir/log" &
+  echo "$!" >"$dir/pid"
+  wait_for "$dir/log" listening >/dev/null
+  echo "$(cat "$dir/pid") $(printed_url "$dir/log")"
+}
+
 # Starts nginx, when it is installed, as a tuned C proxy to the fast upstream (one worker,
 # keep-alive to the upstream, no buffering): sets NGINX to its MCP endpoint and NGINX_WORKER
 # to its worker's pid; NGINX stays empty without nginx (`apt-get install nginx-light`).

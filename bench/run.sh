@@ -46,25 +46,13 @@ fi
 source bench/lib.sh
 start_fast_upstream
 
-"$BIN/bare-proxy" --upstream "$UP" --port 0 >"$TMP/bare.log" &
-pids+=($!)
-BARE_PID=$!
-wait_for "$TMP/bare.log" listening
-BARE=$(printed_url "$TMP/bare.log")
+read -r BARE_PID BARE < <(start_bare_proxy bare)
 # The same on one single-threaded runtime: toolgate runs one such runtime per core, so at one
 # session this is the floor of its own model.
-"$BIN/bare-proxy" --upstream "$UP" --port 0 --current-thread >"$TMP/bare1.log" &
-pids+=($!)
-BARE1_PID=$!
-wait_for "$TMP/bare1.log" listening
-BARE1=$(printed_url "$TMP/bare1.log")
+read -r BARE1_PID BARE1 < <(start_bare_proxy bare1 --current-thread)
 # And polling after each request as toolgate does (busy_poll_us, README): toolgate's own
 # floor at one session, where polling decides the added latency.
-"$BIN/bare-proxy" --upstream "$UP" --port 0 --current-thread --busy-poll-us 200 >"$TMP/bare1p.log" &
-pids+=($!)
-BARE1P_PID=$!
-wait_for "$TMP/bare1p.log" listening
-BARE1P=$(printed_url "$TMP/bare1p.log")
+read -r BARE1P_PID BARE1P < <(start_bare_proxy bare1p --current-thread --busy-poll-us 200)
 
 start_nginx
 

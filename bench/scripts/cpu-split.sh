@@ -45,11 +45,7 @@ declare -A URL PID
 URL[direct]=$UP
 PID[direct]=
 
-"$BIN/bare-proxy" --upstream "$UP" --port 0 --current-thread >"$TMP/bare1.log" &
-pids+=($!)
-PID[bare-proxy]=$!
-wait_for "$TMP/bare1.log" listening
-URL[bare-proxy]=$(printed_url "$TMP/bare1.log")
+read -r "PID[bare-proxy]" "URL[bare-proxy]" < <(start_bare_proxy bare1 --current-thread)
 names+=(bare-proxy)
 
 start_nginx

@@ -68,8 +68,5 @@ for config in plain realistic; do
   count "$config" "$pid" "$(listening_url "$TMP/$config/log")/mcp/http"
 done
 
-"$BIN/bare-proxy" --upstream "$UP" --port 0 --current-thread >"$TMP/bare.log" &
-bare=$!
-pids+=("$bare")
-wait_for "$TMP/bare.log" listening
-count bare-proxy "$bare" "$(printed_url "$TMP/bare.log")"
+read -r bare bare_url < <(start_bare_proxy bare --current-thread)
+count bare-proxy "$bare" "$bare_url"

@@ -194,12 +194,8 @@ impl Window {
         }
         let n = calls as f64;
         let us = |seconds: f64| seconds * 1e6 / n;
-        let of = |a: Option<Activity>, b: Option<Activity>| match (a, b) {
-            (Some(a), Some(b)) => Some((a, b)),
-            _ => None,
-        };
-        let gateway = of(self.gateway, before.gateway);
-        let upstream = of(self.upstream, before.upstream);
+        let gateway = self.gateway.zip(before.gateway);
+        let upstream = self.upstream.zip(before.upstream);
         // A thread that ended in the window takes its switches with it: never below zero.
         let switches = |(a, b): (Activity, Activity)| {
             a.context_switches.saturating_sub(b.context_switches) as f64 / n
