@@ -17,10 +17,11 @@
 # Floors are measured beside toolgate, over HTTP: `bare-proxy`, a pass-through on the same
 # HTTP stack as toolgate that does nothing else, and nginx when it is installed (a tuned C
 # proxy; `apt-get install nginx-light`). They split "what toolgate adds" into what any proxy
-# adds on this machine's loopback and what toolgate's own work adds. `bare-proxy` runs three
-# ways: on tokio's default runtime, on one single-threaded runtime (toolgate's model), and on
-# that runtime polling after each request as toolgate does (`busy_poll_us`); toolgate also
-# runs once with polling off, so that the table shows what polling changes.
+# adds on this machine's loopback and what toolgate's own work adds. `bare-proxy` runs four
+# ways: on tokio's default runtime, on one single-threaded runtime (toolgate runs one per
+# core), on that runtime polling after each request as toolgate does (`busy_poll_us`), and on
+# toolgate's serving model whole (one such runtime per core, polling); toolgate also runs once
+# with polling off, so that the table shows what polling changes.
 #
 #   bash bench/run.sh            # 3 rounds of 3 s per run (about 8 minutes)
 #   ROUNDS=5 DURATION=5 bash bench/run.sh
@@ -53,6 +54,9 @@ read -r BARE1_PID BARE1 < <(start_bare_proxy bare1 --current-thread)
 # And polling after each request as toolgate does (busy_poll_us, README): toolgate's own
 # floor at one session, where polling decides the added latency.
 read -r BARE1P_PID BARE1P < <(start_bare_proxy bare1p --current-thread --busy-poll-us 200)
+# And on toolgate's serving model whole: one such runtime per core, polling, connections
+# handed to them in turn: under load, the floor of toolgate's own model.
+read -r BAREN_PID BAREN < <(start_bare_proxy baren --current-thread --threads "$(nproc)" --busy-poll-us 200)
 
 start_nginx
 
@@ -100,6 +104,7 @@ for n in "${SESSIONS[@]}"; do
   load bare http "$n" "$BARE" "$BARE_PID"
   load bare1 http "$n" "$BARE1" "$BARE1_PID"
   load bare1p http "$n" "$BARE1P" "$BARE1P_PID"
+  load baren http "$n" "$BAREN" "$BAREN_PID"
   [[ -n $NGINX ]] && load nginx http "$n" "$NGINX" "$NGINX_WORKER"
   load plain http "$n" "http://127.0.0.1:$PLAIN_PORT/mcp/http" "$PLAIN_PID"
   load quiet http "$n" "http://127.0.0.1:$QUIET_PORT/mcp/http" "$QUIET_PID"
@@ -122,7 +127,7 @@ for n in "${HOLD[@]}"; do
 done
 
 python3 - "$RESULTS" "$TMP/memory.jsonl" "$IDLE_KIB" "$OUT" <<'PY'
-import json, sys
+import json, os, sys
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 mem = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
 idle_kib = int(sys.argv[3])
@@ -219,6 +224,7 @@ print("|---|---|---|---|---|---|---|")
 proxies = (("bare", "bare-proxy (tokio's work-stealing runtime)"),
            ("bare1", "bare-proxy --current-thread (one single-threaded runtime)"),
            ("bare1p", "bare-proxy --current-thread --busy-poll-us 200 (polling as toolgate)"),
+           ("baren", f"bare-proxy --current-thread --threads {os.cpu_count()} --busy-poll-us 200 (toolgate's serving model)"),
            ("nginx", "nginx"), ("quiet", "toolgate, allow-all, busy_poll_us = 0"),
            ("plain", "toolgate, allow-all"),
            ("realistic", "toolgate, realistic policy"))

@@ -7,7 +7,10 @@
 //! 200 itself.
 //!
 //! `bench/run.sh` measures it beside toolgate so that "what toolgate adds" can be split into
-//! what any proxy on this machine's loopback costs and what toolgate's own work costs.
+//! what any proxy on this machine's loopback costs and what toolgate's own work costs. With
+//! `--current-thread --threads N --busy-poll-us 200` it runs on toolgate's serving model
+//! (`server.rs`: one single-threaded runtime per core, connections handed out in turn,
+//! polling after each request), the like-for-like floor under load.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,9 +34,15 @@ struct Args {
     /// Listen on 127.0.0.1:PORT (0: any free port, printed on stdout).
     #[arg(long, default_value_t = 0)]
     port: u16,
-    /// Run on one thread (tokio's current-thread runtime) instead of one per core.
+    /// Run on single-threaded runtimes (tokio's current-thread runtime) instead of tokio's
+    /// work-stealing one.
     #[arg(long)]
     current_thread: bool,
+    /// How many single-threaded runtimes, each on a thread of its own, with connections handed
+    /// to them in turn from one listener: toolgate's serving model (`server.rs`), which runs
+    /// one per core. Needs --current-thread.
+    #[arg(long, default_value_t = 1, requires = "current_thread")]
+    threads: usize,
     /// Poll for this many microseconds after a request starts or ends, as toolgate's serving
     /// threads do (`toolgate::busy_poll`; 0: sleep at once). Needs --current-thread.
     #[arg(long, default_value_t = 0, requires = "current_thread")]
@@ -119,6 +128,59 @@ fn main() -> std::io::Result<()> {
     runtime.block_on(serve(args))
 }
 
+/// Connections handed to one runtime by the thread that accepts them (as toolgate's
+/// `server::Handed`).
+struct Handed {
+    queue: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
+    local: std::net::SocketAddr,
+}
+
+impl axum::serve::Listener for Handed {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Some(stream) = self.queue.recv().await else {
+                return std::future::pending().await;
+            };
+            // Registered with this thread's runtime, so its I/O is driven here.
+            if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+                let peer = stream.peer_addr().unwrap_or(self.local);
+                return (stream, peer);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// Serves `proxy` on the connections handed to this thread's runtime, polling as toolgate's
+/// serving threads do when asked to (each thread its own polling task, as in toolgate).
+async fn serve_handed(proxy: Proxy, listener: Handed, busy_poll_us: u64) -> std::io::Result<()> {
+    tokio::spawn(toolgate::busy_poll::run(Duration::from_micros(
+        busy_poll_us,
+    )));
+    axum::serve(listener, forward.with_state(proxy).into_make_service()).await
+}
+
+/// Accepts connections and hands them to the runtimes in turn (as toolgate's `hand_out`).
+async fn hand_out(
+    listener: tokio::net::TcpListener,
+    queues: Vec<tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>>,
+) -> std::io::Result<()> {
+    for next in (0..queues.len()).cycle() {
+        let (stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        if queues[next].send(stream.into_std()?).is_err() {
+            return Err(std::io::Error::other("a serving thread has stopped"));
+        }
+    }
+    unreachable!("cycle() over one or more queues does not end")
+}
+
 async fn serve(args: Args) -> std::io::Result<()> {
     let upstream: axum::http::Uri = args.upstream.parse().expect("--upstream is a URI");
     let mut http = HttpConnector::new();
@@ -133,11 +195,42 @@ async fn serve(args: Args) -> std::io::Result<()> {
             .expect("a host header"),
         busy_poll: args.busy_poll_us > 0,
     };
-    tokio::spawn(toolgate::busy_poll::run(Duration::from_micros(
-        args.busy_poll_us,
-    )));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
-    println!("listening on http://{}/mcp", listener.local_addr()?);
-    // Every request, whatever its path, goes to `forward`.
-    axum::serve(listener, forward.with_state(proxy).into_make_service()).await
+    let local = listener.local_addr()?;
+    println!("listening on http://{local}/mcp");
+    if args.threads <= 1 {
+        tokio::spawn(toolgate::busy_poll::run(Duration::from_micros(
+            args.busy_poll_us,
+        )));
+        // Every request, whatever its path, goes to `forward`.
+        return axum::serve(listener, forward.with_state(proxy).into_make_service()).await;
+    }
+    // This thread's runtime serves too, as toolgate's first serving thread does.
+    let (own, own_queue) = tokio::sync::mpsc::unbounded_channel();
+    let mut queues = vec![own];
+    for n in 1..args.threads {
+        let (queue, handed) = tokio::sync::mpsc::unbounded_channel();
+        queues.push(queue);
+        let (proxy, busy_poll_us) = (proxy.clone(), args.busy_poll_us);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("bare-proxy-{n}"))
+            .spawn(move || {
+                let listener = Handed {
+                    queue: handed,
+                    local,
+                };
+                runtime.block_on(serve_handed(proxy, listener, busy_poll_us))
+            })?;
+    }
+    let listener_own = Handed {
+        queue: own_queue,
+        local,
+    };
+    tokio::select! {
+        served = serve_handed(proxy, listener_own, args.busy_poll_us) => served,
+        accepted = hand_out(listener, queues) => accepted,
+    }
 }
