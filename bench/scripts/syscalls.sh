@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # System calls per tools/call, counted by strace on the serving process: toolgate allow-all
-# (audit off), toolgate realistic (audit on), and bare-proxy on one single-threaded runtime
-# (the HTTP stack alone). At one session a proxy's latency is the CPU on the request's path,
-# and about half of that is the kernel's, so a system call more or less per call shows here
-# before it shows in a noisy wall-clock run. Every thread of the process is counted (the
-# audit syncer included); the counts are divided by the load generator's tools/calls. Each
-# session's opening (connect, initialize, notification) and closing DELETE fall inside the
-# count too: nothing at one session, a few tenths per call at 64.
+# (audit off), toolgate realistic (audit on), and bare-proxy (the HTTP stack alone) on one
+# single-threaded runtime and, as "bare-x2", on toolgate's serving model. At one session a
+# proxy's latency is the CPU on the request's path, and about half of that is the kernel's,
+# so a system call more or less per call shows here before it shows in a noisy wall-clock
+# run. Every thread of the process is counted (the audit syncer included); the counts are
+# divided by the load generator's tools/calls. Each session's opening (connect, initialize,
+# notification) and closing DELETE fall inside the count too: nothing at one session, a few
+# tenths per call at 64.
 #
 #   bash bench/scripts/syscalls.sh [TOOLGATE_BINARY]
 #   SESSIONS=64 bash bench/scripts/syscalls.sh
+#   BUSY_POLL_US=200 SESSIONS=64 bash bench/scripts/syscalls.sh   # polling on, as by default
 #
 # Needs strace, allowed to attach to a running process (root, or ptrace_scope 0). strace
 # slows the process it watches, so only the counts mean anything here.
@@ -70,3 +72,9 @@ done
 
 read -r bare bare_url < <(start_bare_proxy bare --current-thread)
 count bare-proxy "$bare" "$bare_url"
+# On toolgate's serving model (one runtime per core, connections handed out in turn),
+# polling as the gateways above do.
+poll=()
+[[ ${BUSY_POLL_US:-0} -gt 0 ]] && poll=(--busy-poll-us "$BUSY_POLL_US")
+read -r bare bare_url < <(start_bare_proxy bare-x2 --current-thread --threads "$(nproc)" "${poll[@]}")
+count bare-x2 "$bare" "$bare_url"
