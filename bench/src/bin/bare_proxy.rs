@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
+use toolgate::server::{Handed, hand_out};
 use toolgate::upstream::http::ConnectTimeout;
 use toolgate::upstream::http1::Pool;
 
@@ -128,35 +129,6 @@ fn main() -> std::io::Result<()> {
     runtime.block_on(serve(args))
 }
 
-/// Connections handed to one runtime by the thread that accepts them (as toolgate's
-/// `server::Handed`).
-struct Handed {
-    queue: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
-    local: std::net::SocketAddr,
-}
-
-impl axum::serve::Listener for Handed {
-    type Io = tokio::net::TcpStream;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Some(stream) = self.queue.recv().await else {
-                return std::future::pending().await;
-            };
-            // Registered with this thread's runtime, so its I/O is driven here.
-            if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
-                let peer = stream.peer_addr().unwrap_or(self.local);
-                return (stream, peer);
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
-}
-
 /// Serves `proxy` on the connections handed to this thread's runtime, polling as toolgate's
 /// serving threads do when asked to (each thread its own polling task, as in toolgate).
 async fn serve_handed(proxy: Proxy, listener: Handed, busy_poll_us: u64) -> std::io::Result<()> {
@@ -164,21 +136,6 @@ async fn serve_handed(proxy: Proxy, listener: Handed, busy_poll_us: u64) -> std:
         busy_poll_us,
     )));
     axum::serve(listener, forward.with_state(proxy).into_make_service()).await
-}
-
-/// Accepts connections and hands them to the runtimes in turn (as toolgate's `hand_out`).
-async fn hand_out(
-    listener: tokio::net::TcpListener,
-    queues: Vec<tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>>,
-) -> std::io::Result<()> {
-    for next in (0..queues.len()).cycle() {
-        let (stream, _) = listener.accept().await?;
-        stream.set_nodelay(true)?;
-        if queues[next].send(stream.into_std()?).is_err() {
-            return Err(std::io::Error::other("a serving thread has stopped"));
-        }
-    }
-    unreachable!("cycle() over one or more queues does not end")
 }
 
 async fn serve(args: Args) -> std::io::Result<()> {
@@ -218,19 +175,14 @@ async fn serve(args: Args) -> std::io::Result<()> {
         std::thread::Builder::new()
             .name(format!("bare-proxy-{n}"))
             .spawn(move || {
-                let listener = Handed {
-                    queue: handed,
-                    local,
-                };
-                runtime.block_on(serve_handed(proxy, listener, busy_poll_us))
+                runtime.block_on(serve_handed(
+                    proxy,
+                    Handed::new(handed, local),
+                    busy_poll_us,
+                ))
             })?;
     }
-    let listener_own = Handed {
-        queue: own_queue,
-        local,
-    };
-    tokio::select! {
-        served = serve_handed(proxy, listener_own, args.busy_poll_us) => served,
-        accepted = hand_out(listener, queues) => accepted,
-    }
+    // toolgate's own hand-out and listener (`server.rs`), never shut down here.
+    tokio::spawn(hand_out(listener, queues, std::future::pending()));
+    serve_handed(proxy, Handed::new(own_queue, local), args.busy_poll_us).await
 }

@@ -65,7 +65,11 @@ pub async fn serve(
         let listener = Handed { queue: rx, local };
         workers.push(spawn_worker(n, gw.clone(), listener, stopped.clone())?);
     }
-    tokio::spawn(hand_out(listener, queues, gw.shutdown.clone()));
+    tokio::spawn(hand_out(
+        listener,
+        queues,
+        gw.shutdown.clone().cancelled_owned(),
+    ));
     let mine = Handed {
         queue: own_rx,
         local,
@@ -122,19 +126,21 @@ pub async fn serve(
 }
 
 /// A connection on its way to the thread that serves it, with the peer's address.
-type Accepted = (std::net::TcpStream, std::net::SocketAddr);
+pub type Accepted = (std::net::TcpStream, std::net::SocketAddr);
 
-/// Accepts connections and hands them to the threads in turn, until shutdown.
-async fn hand_out(
+/// Accepts connections and hands them to the threads in turn, until `shutdown`. (Public for
+/// the benchmarks' `bare-proxy`, which serves on this model as its floor.)
+pub async fn hand_out(
     listener: tokio::net::TcpListener,
     queues: Vec<tokio::sync::mpsc::UnboundedSender<Accepted>>,
-    shutdown: tokio_util::sync::CancellationToken,
+    shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let mut shutdown = std::pin::pin!(shutdown);
     let mut next = 0;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            () = shutdown.cancelled() => return,
+            () = &mut shutdown => return,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
@@ -181,11 +187,22 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
-/// One thread's share of the connections, as axum's listener.
-struct Handed {
+/// One thread's share of the connections, as axum's listener. (Public for the benchmarks'
+/// `bare-proxy`, as `hand_out` is.)
+pub struct Handed {
     queue: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
     /// The listening socket's address.
     local: std::net::SocketAddr,
+}
+
+impl Handed {
+    /// The connections `hand_out` sends to `queue`, from the listener at `local`.
+    pub fn new(
+        queue: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
+        local: std::net::SocketAddr,
+    ) -> Handed {
+        Handed { queue, local }
+    }
 }
 
 impl axum::serve::Listener for Handed {
