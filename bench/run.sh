@@ -56,7 +56,8 @@ read -r BARE1_PID BARE1 < <(start_bare_proxy bare1 --current-thread)
 read -r BARE1P_PID BARE1P < <(start_bare_proxy bare1p --current-thread --busy-poll-us 200)
 # And on toolgate's serving model whole: one such runtime per core, polling, connections
 # handed to them in turn: under load, the floor of toolgate's own model.
-read -r BAREN_PID BAREN < <(start_bare_proxy baren --current-thread --threads "$(nproc)" --busy-poll-us 200)
+CORES=$(nproc)
+read -r BAREN_PID BAREN < <(start_bare_proxy baren --current-thread --threads "$CORES" --busy-poll-us 200)
 
 start_nginx
 
@@ -126,8 +127,8 @@ for n in "${HOLD[@]}"; do
   "$BIN/loadgen" --url "http://127.0.0.1:$MEM_PORT/mcp/http" --hold "$n" --pid "$MEM_PID" --name "hold/$n" >>"$TMP/memory.jsonl"
 done
 
-python3 - "$RESULTS" "$TMP/memory.jsonl" "$IDLE_KIB" "$OUT" <<'PY'
-import json, os, sys
+python3 - "$RESULTS" "$TMP/memory.jsonl" "$IDLE_KIB" "$OUT" "$CORES" <<'PY'
+import json, sys
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 mem = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
 idle_kib = int(sys.argv[3])
@@ -224,7 +225,7 @@ print("|---|---|---|---|---|---|---|")
 proxies = (("bare", "bare-proxy (tokio's work-stealing runtime)"),
            ("bare1", "bare-proxy --current-thread (one single-threaded runtime)"),
            ("bare1p", "bare-proxy --current-thread --busy-poll-us 200 (polling as toolgate)"),
-           ("baren", f"bare-proxy --current-thread --threads {os.cpu_count()} --busy-poll-us 200 (toolgate's serving model)"),
+           ("baren", f"bare-proxy --current-thread --threads {sys.argv[5]} --busy-poll-us 200 (toolgate's serving model)"),
            ("nginx", "nginx"), ("quiet", "toolgate, allow-all, busy_poll_us = 0"),
            ("plain", "toolgate, allow-all"),
            ("realistic", "toolgate, realistic policy"))

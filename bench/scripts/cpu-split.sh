@@ -4,8 +4,8 @@
 # call (/proc/stat; steal is time the host gave our vCPUs to someone else), context switches
 # per call of the upstream and the proxy, and the proxy's minor page faults per call -
 # directly against the fast upstream, through bare-proxy (the HTTP stack alone: on one
-# single-threaded runtime, and as "bare-proxy-x2" on toolgate's serving model, one per core
-# with polling), nginx when it is installed, and toolgate four ways: allow-all and
+# single-threaded runtime, and as "bare-proxy-xN" on toolgate's serving model, one for each
+# of N cores, with polling), nginx when it is installed, and toolgate four ways: allow-all and
 # realistic (bench/realistic-policy.py), each with audit off and on (bench/run.sh's two are
 # allow-all with audit off and realistic with audit on), so that the policy's cost and the
 # audit journal's show apart.
@@ -48,10 +48,12 @@ PID[direct]=
 
 read -r "PID[bare-proxy]" "URL[bare-proxy]" < <(start_bare_proxy bare1 --current-thread)
 names+=(bare-proxy)
-# The same on toolgate's serving model: one single-threaded runtime per core, connections
-# handed out in turn, polling after each request as toolgate does.
-read -r "PID[bare-proxy-x2]" "URL[bare-proxy-x2]" < <(start_bare_proxy bare2p --current-thread --threads 2 --busy-poll-us 200)
-names+=(bare-proxy-x2)
+# The same on toolgate's serving model: one single-threaded runtime per core (named for
+# their number: bare-proxy-x2 on two cores), connections handed out in turn, polling after
+# each request as toolgate does.
+model=bare-proxy-x$(nproc)
+read -r "PID[$model]" "URL[$model]" < <(start_bare_proxy bare-model --current-thread --threads "$(nproc)" --busy-poll-us 200)
+names+=("$model")
 
 start_nginx
 if [[ -n $NGINX ]]; then

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System calls per tools/call, counted by strace on the serving process: toolgate allow-all
 # (audit off), toolgate realistic (audit on), and bare-proxy (the HTTP stack alone) on one
-# single-threaded runtime and, as "bare-x2", on toolgate's serving model. At one session a
+# single-threaded runtime and, as "bare-xN", on toolgate's serving model (N cores). At one session a
 # proxy's latency is the CPU on the request's path, and about half of that is the kernel's,
 # so a system call more or less per call shows here before it shows in a noisy wall-clock
 # run. Every thread of the process is counted (the audit syncer included); the counts are
@@ -76,5 +76,5 @@ count bare-proxy "$bare" "$bare_url"
 # polling as the gateways above do.
 poll=()
 [[ ${BUSY_POLL_US:-0} -gt 0 ]] && poll=(--busy-poll-us "$BUSY_POLL_US")
-read -r bare bare_url < <(start_bare_proxy bare-x2 --current-thread --threads "$(nproc)" "${poll[@]}")
-count bare-x2 "$bare" "$bare_url"
+read -r bare bare_url < <(start_bare_proxy bare-model --current-thread --threads "$(nproc)" "${poll[@]}")
+count "bare-x$(nproc)" "$bare" "$bare_url"

@@ -129,9 +129,14 @@ fn main() -> std::io::Result<()> {
     runtime.block_on(serve(args))
 }
 
-/// Serves `proxy` on the connections handed to this thread's runtime, polling as toolgate's
-/// serving threads do when asked to (each thread its own polling task, as in toolgate).
-async fn serve_handed(proxy: Proxy, listener: Handed, busy_poll_us: u64) -> std::io::Result<()> {
+/// Serves `proxy` on `listener`'s connections from this thread's runtime, polling as
+/// toolgate's serving threads do when asked to (each runtime its own polling task, as in
+/// toolgate). Every request, whatever its path, goes to `forward`.
+async fn serve_on<L>(proxy: Proxy, listener: L, busy_poll_us: u64) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     tokio::spawn(toolgate::busy_poll::run(Duration::from_micros(
         busy_poll_us,
     )));
@@ -156,11 +161,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     println!("listening on http://{local}/mcp");
     if args.threads <= 1 {
-        tokio::spawn(toolgate::busy_poll::run(Duration::from_micros(
-            args.busy_poll_us,
-        )));
-        // Every request, whatever its path, goes to `forward`.
-        return axum::serve(listener, forward.with_state(proxy).into_make_service()).await;
+        return serve_on(proxy, listener, args.busy_poll_us).await;
     }
     // This thread's runtime serves too, as toolgate's first serving thread does.
     let (own, own_queue) = tokio::sync::mpsc::unbounded_channel();
@@ -175,14 +176,10 @@ async fn serve(args: Args) -> std::io::Result<()> {
         std::thread::Builder::new()
             .name(format!("bare-proxy-{n}"))
             .spawn(move || {
-                runtime.block_on(serve_handed(
-                    proxy,
-                    Handed::new(handed, local),
-                    busy_poll_us,
-                ))
+                runtime.block_on(serve_on(proxy, Handed::new(handed, local), busy_poll_us))
             })?;
     }
     // toolgate's own hand-out and listener (`server.rs`), never shut down here.
     tokio::spawn(hand_out(listener, queues, std::future::pending()));
-    serve_handed(proxy, Handed::new(own_queue, local), args.busy_poll_us).await
+    serve_on(proxy, Handed::new(own_queue, local), args.busy_poll_us).await
 }
