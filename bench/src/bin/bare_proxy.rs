@@ -10,7 +10,8 @@
 //! what any proxy on this machine's loopback costs and what toolgate's own work costs. With
 //! `--current-thread --threads N --busy-poll-us 200` it runs on toolgate's serving model
 //! (`server.rs`: one single-threaded runtime per core, connections handed out in turn,
-//! polling after each request), the like-for-like floor under load.
+//! polling after each request, writes gathered to the end of each turn: `toolgate::gather`),
+//! the like-for-like floor under load.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,8 +132,14 @@ fn main() -> std::io::Result<()> {
 
 /// Serves `proxy` on `listener`'s connections from this thread's runtime, polling as
 /// toolgate's serving threads do when asked to (each runtime its own polling task, as in
-/// toolgate). Every request, whatever its path, goes to `forward`.
-async fn serve_on<L>(proxy: Proxy, listener: L, busy_poll_us: u64) -> std::io::Result<()>
+/// toolgate), and gathering writes as they do when `gather`. Every request, whatever its
+/// path, goes to `forward`.
+async fn serve_on<L>(
+    proxy: Proxy,
+    listener: L,
+    busy_poll_us: u64,
+    gather: bool,
+) -> std::io::Result<()>
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
@@ -140,6 +147,9 @@ where
     tokio::spawn(toolgate::busy_poll::run(Duration::from_micros(
         busy_poll_us,
     )));
+    if gather {
+        tokio::spawn(toolgate::gather::run());
+    }
     axum::serve(listener, forward.with_state(proxy).into_make_service()).await
 }
 
@@ -161,7 +171,8 @@ async fn serve(args: Args) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     println!("listening on http://{local}/mcp");
     if args.threads <= 1 {
-        return serve_on(proxy, listener, args.busy_poll_us).await;
+        // The older floor, kept as it was: no gathering (its upstream connections write at once).
+        return serve_on(proxy, listener, args.busy_poll_us, false).await;
     }
     // This thread's runtime serves too, as toolgate's first serving thread does.
     let (own, own_queue) = tokio::sync::mpsc::unbounded_channel();
@@ -176,10 +187,21 @@ async fn serve(args: Args) -> std::io::Result<()> {
         std::thread::Builder::new()
             .name(format!("bare-proxy-{n}"))
             .spawn(move || {
-                runtime.block_on(serve_on(proxy, Handed::new(handed, local), busy_poll_us))
+                runtime.block_on(serve_on(
+                    proxy,
+                    Handed::new(handed, local),
+                    busy_poll_us,
+                    true,
+                ))
             })?;
     }
     // toolgate's own hand-out and listener (`server.rs`), never shut down here.
     tokio::spawn(hand_out(listener, queues, std::future::pending()));
-    serve_on(proxy, Handed::new(own_queue, local), args.busy_poll_us).await
+    serve_on(
+        proxy,
+        Handed::new(own_queue, local),
+        args.busy_poll_us,
+        true,
+    )
+    .await
 }

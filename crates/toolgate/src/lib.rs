@@ -35,6 +35,7 @@ pub mod config;
 pub mod counters;
 pub mod downstream;
 pub mod gateway;
+pub mod gather;
 pub mod grants;
 pub mod jsonrpc;
 pub mod logging;

@@ -26,7 +26,6 @@ use hyper::client::conn::http1::{Builder, Connection, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use thread_local::ThreadLocal;
-use tokio::net::TcpStream;
 
 use super::http::ConnectTimeout;
 
@@ -67,7 +66,7 @@ impl Idle {
 /// hundred bytes, and a call moves its connection from the pool to its answer and back.
 struct Conn {
     sender: SendRequest<Full<Bytes>>,
-    driver: Connection<TokioIo<TcpStream>, Full<Bytes>>,
+    driver: Connection<TokioIo<crate::gather::Gathered>, Full<Bytes>>,
     /// The driver has finished (the connection closed or failed): it is not polled again.
     ended: bool,
     /// The idle set (its address) of the thread that opened the connection on a
@@ -176,6 +175,8 @@ impl Pool {
         self.start_sweeping();
         let mut connector = self.connector.clone();
         let io = tower_service::Service::call(&mut connector, self.target.clone()).await?;
+        // Requests leave at the end of the serving thread's turn, with its other writes.
+        let io = TokioIo::new(crate::gather::Gathered::new(io.into_inner()));
         let (sender, driver) = Builder::new().handshake(io).await?;
         Ok(Box::new(Conn {
             sender,
@@ -358,7 +359,7 @@ mod tests {
 
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
 
