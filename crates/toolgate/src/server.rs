@@ -40,10 +40,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
 /// runtime. Connections are accepted here and handed to the threads in turn, and a connection
 /// and every call on it stay on its thread, with the upstream connections and stdio children
 /// that thread opened. On this path a work-stealing runtime spent more on waking its idle
-/// workers than on the call (README, performance). What a thread's calls write during one turn
-/// of its scheduler leaves together at the end of the turn (`gather`). Shared state (sessions, counters,
-/// policies, audit) is the same `Gateway` on every thread. Must be called on a current-thread
-/// runtime.
+/// workers than on the call (README, performance). What a thread's calls write during one
+/// turn of its scheduler leaves together at the end of the turn (`gather`). Shared state
+/// (sessions, counters, policies, audit) is the same `Gateway` on every thread. Must be called
+/// on a current-thread runtime.
 pub async fn serve(
     gw: Arc<Gateway>,
     listener: tokio::net::TcpListener,
