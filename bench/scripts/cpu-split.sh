@@ -22,6 +22,10 @@
 #   bash bench/scripts/cpu-split.sh          # 3 rounds of 3 s per run (about 2 minutes)
 #   SESSIONS=16 ROUNDS=5 bash bench/scripts/cpu-split.sh [TOOLGATE_BINARY]
 #   bash bench/scripts/cpu-split.sh --smoke  # one short round at 4 sessions: checks it runs
+#   GATEWAY_B=OTHER_BINARY bash bench/scripts/cpu-split.sh [TOOLGATE_BINARY]
+#                                            # two builds in the same rounds: bench/run.sh's
+#                                            # two configurations of OTHER_BINARY too, as
+#                                            # rows ending in "-B"
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SESSIONS=${SESSIONS:-64}
@@ -69,6 +73,10 @@ for config in plain realistic; do
     [[ $audit == true ]] && name+=+audit
     read -r "PID[$name]" "URL[$name]" < <(start_gateway "$name" "$GATEWAY" "$TMP/$config.json" "$audit")
     names+=("$name")
+    if [[ -n ${GATEWAY_B:-} && $config/$audit =~ ^(plain/false|realistic/true)$ ]]; then
+      read -r "PID[$name-B]" "URL[$name-B]" < <(start_gateway "$name-B" "$GATEWAY_B" "$TMP/$config.json" "$audit")
+      names+=("$name-B")
+    fi
   done
 done
 
