@@ -48,13 +48,25 @@ pub async fn run() {
     GATHERING.set(true);
     let _stop = StopOnDrop;
     std::future::poll_fn(|cx| {
-        for out in LISTED.take() {
-            lock(&out).write_listed();
-        }
+        write_all_listed();
         RUNNER.set(Some(cx.waker().clone()));
         Poll::<()>::Pending
     })
     .await
+}
+
+/// Writes every listed connection's bytes (from `run`, and as it ends). The list's storage goes back for the next turn:
+/// writing lists nothing (it only wakes connections), so the list is still empty then.
+fn write_all_listed() {
+    let mut listed = LISTED.take();
+    for out in listed.drain(..) {
+        lock(&out).write_listed();
+    }
+    LISTED.with_borrow_mut(|l| {
+        if l.is_empty() {
+            *l = listed;
+        }
+    });
 }
 
 /// When `run` ends (its runtime shuts down), what is listed is written and flushes write at
@@ -64,9 +76,7 @@ struct StopOnDrop;
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         GATHERING.set(false);
-        for out in LISTED.take() {
-            lock(&out).write_listed();
-        }
+        write_all_listed();
     }
 }
 
@@ -261,6 +271,14 @@ mod tests {
         (Gathered::new(ours.unwrap()), theirs.unwrap().0)
     }
 
+    /// Starts `run` on this runtime and lets it take its first turn, so that flushes from here
+    /// on are gathered (a test that flushed before would write at once and prove nothing).
+    async fn start_gathering() {
+        tokio::spawn(run());
+        tokio::task::yield_now().await;
+        assert!(GATHERING.get());
+    }
+
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -280,8 +298,7 @@ mod tests {
     #[test]
     fn a_flush_leaves_at_the_end_of_the_turn() {
         runtime().block_on(async {
-            tokio::spawn(run());
-            tokio::task::yield_now().await;
+            start_gathering().await;
             let (mut ours, mut peer) = pair().await;
             ours.write_all(b"first ").await.unwrap();
             ours.write_all(b"answer").await.unwrap();
@@ -309,7 +326,7 @@ mod tests {
     #[test]
     fn what_a_full_socket_cannot_take_arrives_whole_and_in_order() {
         runtime().block_on(async {
-            tokio::spawn(run());
+            start_gathering().await;
             let (mut ours, mut peer) = pair().await;
             // Far more than the socket buffers hold, in pieces of several sizes, each flushed:
             // the runner meets a full socket and leaves the rest to the connection.
@@ -341,9 +358,29 @@ mod tests {
     }
 
     #[test]
+    fn a_buffer_that_grew_is_given_back_once_written_and_a_small_one_kept() {
+        runtime().block_on(async {
+            start_gathering().await;
+            let (mut ours, mut peer) = pair().await;
+            ours.write_all(b"small").await.unwrap();
+            ours.flush().await.unwrap();
+            assert_eq!(read_exactly(&mut peer, 5).await, b"small");
+            assert!(
+                lock(&ours.out).buf.capacity() > 0,
+                "kept for the next answer"
+            );
+            let large = vec![b'x'; KEEP_AT_MOST + 1];
+            ours.write_all(&large).await.unwrap();
+            ours.flush().await.unwrap();
+            assert_eq!(read_exactly(&mut peer, large.len()).await, large);
+            assert_eq!(lock(&ours.out).buf.capacity(), 0, "given back");
+        });
+    }
+
+    #[test]
     fn a_shutdown_writes_what_waits_first() {
         runtime().block_on(async {
-            tokio::spawn(run());
+            start_gathering().await;
             let (mut ours, mut peer) = pair().await;
             ours.write_all(b"last words").await.unwrap();
             ours.flush().await.unwrap();
@@ -357,7 +394,7 @@ mod tests {
     #[test]
     fn a_connection_dropped_after_its_flush_still_sends_its_bytes() {
         runtime().block_on(async {
-            tokio::spawn(run());
+            start_gathering().await;
             let (mut ours, mut peer) = pair().await;
             ours.write_all(b"sent").await.unwrap();
             ours.flush().await.unwrap();
@@ -374,7 +411,7 @@ mod tests {
     #[test]
     fn a_peer_that_went_away_is_an_error_not_a_hang() {
         runtime().block_on(async {
-            tokio::spawn(run());
+            start_gathering().await;
             let (mut ours, peer) = pair().await;
             // Closed with data unread: the kernel answers further writes with a reset.
             ours.write_all(b"unread").await.unwrap();
