@@ -54,6 +54,7 @@ fn bench(c: &mut Criterion) {
             black_box(toolgate::answers::filter_tools_list(
                 &hiding,
                 black_box(list.clone()),
+                toolgate::answers::Revision::Sessions,
             ))
         })
     });

@@ -32,6 +32,14 @@ pub enum Upstream {
 }
 
 impl Upstream {
+    /// The tools the server lists, as the gateway last fetched them.
+    pub fn tools(&self) -> &crate::upstream::ListedTools {
+        match self {
+            Upstream::Stdio(s) => &s.tools,
+            Upstream::Http(h) => &h.tools,
+        }
+    }
+
     pub fn name(&self) -> &Arc<str> {
         match self {
             Upstream::Stdio(s) => &s.name,
@@ -105,6 +113,7 @@ impl Gateway {
                         cwd: cwd.clone(),
                         request_timeout: config.request_timeout,
                         local: *local,
+                        tools: Arc::default(),
                     })),
                     TransportConfig::Http { url, headers } => Upstream::Http(Arc::new(
                         HttpServer::new(name, url.clone(), headers, config.request_timeout),

@@ -20,10 +20,6 @@ pub enum UpstreamSession {
     Http(HttpSession),
 }
 
-/// The tool names an upstream listed. foldhash (see `crate::HotMap`): a call to a tool the
-/// policy does not name looks it up here; the names are the upstream's, not an agent's.
-pub type ToolNames = foldhash::HashSet<String>;
-
 pub struct Session {
     pub id: Arc<str>,
     pub grant: Arc<Grant>,
@@ -32,8 +28,6 @@ pub struct Session {
     last_seen_ms: AtomicU64,
     /// GET streams currently open; a session with one is not idle.
     open_streams: AtomicUsize,
-    /// Names of the tools the upstream listed, as last fetched by the gateway.
-    pub tool_names: std::sync::Mutex<Option<Arc<ToolNames>>>,
     /// Cancelled when the session ends, so that its open streams end with it.
     pub ended: tokio_util::sync::CancellationToken,
 }
@@ -79,7 +73,6 @@ impl SessionTable {
             last_seen_ms: AtomicU64::new(self.now_ms()),
             open_streams: AtomicUsize::new(0),
             ended: tokio_util::sync::CancellationToken::new(),
-            tool_names: std::sync::Mutex::new(None),
         });
         self.sessions.insert(session.id.clone(), session.clone());
         session

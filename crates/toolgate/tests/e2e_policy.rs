@@ -333,6 +333,46 @@ fn hidden_tools_leave_every_page_and_answer_as_unknown() {
 }
 
 #[test]
+fn under_default_deny_a_hidden_name_and_a_missing_one_answer_alike() {
+    // SPEC 3: only a tool the upstream lists gets the `(default deny)` denial; a hidden tool,
+    // a name the server does not have and a look-alike of a listed one all get the
+    // unknown-tool error, so the answers never tell an agent which names are hidden.
+    let p = policy_setup(
+        r#"{"version": "1", "default": "deny", "hide": ["wipe"], "tools": {"echo": {}}}"#,
+        &[("RECORDER_EXTRA_TOOLS", "wipe,refund")],
+    );
+    let s = McpSession::open(&p.gw, "rec", Some(POLICY_TOKEN));
+    let mut expected = handshake();
+    for (i, name) in ["wipe", "nonexistent", "Refund", "refund "].iter().enumerate() {
+        let id = json!(800 + i);
+        let resp = call_with_id(&s, &id, name, json!({}));
+        assert_eq!(resp, unknown_tool(&id, name), "{name:?}");
+        let case = format!("unknown {name}");
+        s.marked_ping(&case);
+        expected.push(ping(&case));
+    }
+    let id = json!("listed");
+    let resp = call_with_id(&s, &id, "refund", json!({}));
+    assert_eq!(
+        resp,
+        denial(
+            &id,
+            "(default deny)",
+            r#"Tool "refund" is not permitted by policy"#,
+            1
+        )
+    );
+    s.marked_ping("listed refund");
+    expected.push(ping("listed refund"));
+    assert_eq!(
+        tool_text(&s.call_tool("echo", json!({"message": "named"}))),
+        "Echo: named"
+    );
+    expected.push(call("echo"));
+    assert_record(&p.record, &expected, "default deny");
+}
+
+#[test]
 fn hide_star_and_deny_if_in_front_of_an_http_upstream() {
     let dir = tempfile::tempdir().expect("temp dir");
     let record = dir.path().join("rec-http.jsonl");

@@ -166,7 +166,7 @@ async fn handle_message(
     if let pipeline::Binding::Session(s) = &binding {
         trail.session(Some(&s.id));
     }
-    let verdict = match pipeline::decide(&grant, &msg) {
+    let verdict = match pipeline::decide(&grant, &headers, &msg) {
         Ok(v) => v,
         Err(r) => refuse!(r),
     };
@@ -187,7 +187,7 @@ async fn handle_message(
         }
     };
     let reply = match answer.list_filter {
-        Some(policy) => answers::filter_reply(answer.reply, policy),
+        Some(filter) => answers::filter_reply(answer.reply, filter),
         None => answer.reply,
     };
     let mut response = match &answer.decided {

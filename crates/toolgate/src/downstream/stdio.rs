@@ -244,7 +244,7 @@ impl Local {
         if let pipeline::Binding::Session(s) = &binding {
             trail.session(Some(&s.id));
         }
-        let verdict = match pipeline::decide(&self.grant, &msg) {
+        let verdict = match pipeline::decide(&self.grant, &headers, &msg) {
             Ok(v) => v,
             Err(r) => refuse!(r),
         };
@@ -268,7 +268,7 @@ impl Local {
             self.start_stream(&id).await;
         }
         let reply = match answer.list_filter {
-            Some(policy) => answers::filter_reply(answer.reply, policy),
+            Some(filter) => answers::filter_reply(answer.reply, filter),
             None => answer.reply,
         };
         let mut trail = answer.decided.as_ref().map(|d| {

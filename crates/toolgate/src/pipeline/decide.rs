@@ -7,8 +7,8 @@ use http::StatusCode;
 use toolgate_policy::json::Strict;
 use toolgate_policy::{Decision, Limit};
 
-use super::{Message, Refused};
-use crate::answers;
+use super::{AgentHeaders, Message, Refused};
+use crate::answers::{self, ListFilter, Revision};
 use crate::audit::Outcome;
 use crate::grants::Grant;
 use crate::jsonrpc::{self, CallParams, Kind};
@@ -19,11 +19,18 @@ pub enum Verdict {
     /// Forward the message. For `tools/list`, the policy whose hidden tools leave the answer;
     /// for an allowed `tools/call`, what must still hold before it goes upstream.
     Forward {
-        list_filter: Option<Arc<Loaded>>,
+        list_filter: Option<ListFilter>,
         call: Option<AllowedCall>,
     },
     /// Answer the agent at once (a denial, an unknown tool); nothing reaches the upstream.
     Answer(Bytes, Box<Decided>),
+    /// Denied by the policy's default (`"default": "deny"`, a tool it does not name). Only a
+    /// tool the upstream lists gets this denial; any other name gets the unknown-tool error,
+    /// as a hidden tool does, so that the answer never tells which names are hidden.
+    DefaultDenied {
+        denial: Bytes,
+        decided: Box<Decided>,
+    },
 }
 
 /// What was decided about a `tools/call`: for the audit record and the metrics.
@@ -54,6 +61,7 @@ impl Verdict {
     pub fn decided(&self) -> Option<&Decided> {
         match self {
             Verdict::Answer(_, d) => Some(d),
+            Verdict::DefaultDenied { decided, .. } => Some(decided),
             Verdict::Forward { call, .. } => call.as_ref().map(|c| &c.decided),
         }
     }
@@ -68,6 +76,8 @@ pub struct AllowedCall {
     /// The counters to reserve (all_tools' and the tool's).
     pub limits: Arc<[Limit]>,
     pub policy_version: u64,
+    /// The revision the call was made under, for the answers the gateway writes itself.
+    pub revision: Revision,
     pub decided: Decided,
 }
 
@@ -81,25 +91,38 @@ pub const NO_POLICY_RULE: &str = "(no policy)";
 
 /// `tools/list` answers lose hidden tools; a `tools/call` is evaluated on its name and
 /// arguments. Counters (`limits`) and approvals take over from the `Allow` the engine returns.
-pub fn decide(grant: &Grant, msg: &Message<'_>) -> Result<Verdict, Refused> {
+pub fn decide(
+    grant: &Grant,
+    headers: &AgentHeaders<'_>,
+    msg: &Message<'_>,
+) -> Result<Verdict, Refused> {
     if msg.kind != Kind::Request {
         return Ok(FORWARD);
     }
     let policy = grant.policy.as_ref().map(|p| p.current());
     match msg.envelope.method() {
         "tools/list" => {
-            let list_filter = policy.filter(|p| p.policy.hides_anything());
+            let list_filter = policy
+                .filter(|p| p.policy.hides_anything())
+                .map(|policy| ListFilter {
+                    policy,
+                    revision: super::revision(headers, msg),
+                });
             Ok(Verdict::Forward {
                 list_filter,
                 call: None,
             })
         }
-        "tools/call" => decide_call(msg, policy),
+        "tools/call" => decide_call(msg, policy, super::revision(headers, msg)),
         _ => Ok(FORWARD),
     }
 }
 
-fn decide_call(msg: &Message<'_>, policy: Option<Arc<Loaded>>) -> Result<Verdict, Refused> {
+fn decide_call(
+    msg: &Message<'_>,
+    policy: Option<Arc<Loaded>>,
+    rev: Revision,
+) -> Result<Verdict, Refused> {
     let id = msg.id.unwrap_or("null");
     let invalid = |why: &str| {
         Refused::new(
@@ -148,7 +171,7 @@ fn decide_call(msg: &Message<'_>, policy: Option<Arc<Loaded>>) -> Result<Verdict
     };
     let Some(loaded) = policy else {
         let message = "No policy applies to this grant; every call is denied";
-        let body = answers::denial(id, message, NO_POLICY_RULE, None);
+        let body = answers::denial(id, message, NO_POLICY_RULE, None, rev);
         return Ok(Verdict::Answer(
             body,
             Box::new(decided(Outcome::Deny, Some(NO_POLICY_RULE), None)),
@@ -164,8 +187,14 @@ fn decide_call(msg: &Message<'_>, policy: Option<Arc<Loaded>>) -> Result<Verdict
                 version,
             )),
         )),
+        Decision::Deny { rule, message } if rule == toolgate_policy::DEFAULT_DENY_RULE => {
+            Ok(Verdict::DefaultDenied {
+                denial: answers::denial(id, &message, rule, version, rev),
+                decided: Box::new(decided(Outcome::Deny, Some(rule), version)),
+            })
+        }
         Decision::Deny { rule, message } => Ok(Verdict::Answer(
-            answers::denial(id, &message, rule, version),
+            answers::denial(id, &message, rule, version, rev),
             Box::new(decided(Outcome::Deny, Some(rule), version)),
         )),
         Decision::Allow { limits, .. } => Ok(Verdict::Forward {
@@ -174,6 +203,7 @@ fn decide_call(msg: &Message<'_>, policy: Option<Arc<Loaded>>) -> Result<Verdict
                 must_be_listed: (!loaded.policy.lists(name)).then(|| name.to_string()),
                 limits: limits.clone(),
                 policy_version: loaded.version,
+                revision: rev,
                 decided: decided(Outcome::Allow, None, version),
             }),
         }),

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::StatusCode;
 
 use super::decide::{AllowedCall, Decided, Verdict};
+use super::listed::upstream_lists;
 use super::{AgentHeaders, Answer, Binding, Message, Refused, STATELESS_VERSION, limits};
 use crate::answers;
 use crate::audit::Outcome;
@@ -67,91 +68,6 @@ pub(super) async fn send_on(
     }
 }
 
-/// The names of the tools the upstream lists, fetched by the gateway itself (all pages) and
-/// kept per session; fetched again when a call names a tool not seen yet (the server's
-/// listing may have changed).
-async fn upstream_lists(
-    gw: &Gateway,
-    upstream: &Upstream,
-    grant: &Grant,
-    binding: &Binding,
-    like: &Outbound<'_>,
-    tool: &str,
-) -> Result<bool, Refused> {
-    let cache = match binding {
-        Binding::Session(s) => Some(&s.tool_names),
-        _ => None,
-    };
-    if let Some(cache) = cache
-        && cache
-            .lock()
-            .expect("tool cache lock")
-            .as_ref()
-            .is_some_and(|names| names.contains(tool))
-    {
-        return Ok(true);
-    }
-    let mut names = crate::session::ToolNames::default();
-    let mut cursor: Option<String> = None;
-    for _page in 0..100u32 {
-        let params = match &cursor {
-            Some(c) => format!(r#"{{"cursor":{c}}}"#),
-            None => "{}".to_string(),
-        };
-        // Ids of the gateway's own requests are unique process-wide, so that two listings in
-        // flight on one upstream session never share one.
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let n = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let body = Bytes::from(format!(
-            r#"{{"jsonrpc":"2.0","id":"toolgate-tools-{n}","method":"tools/list","params":{params}}}"#
-        ));
-        let method_header = like
-            .mcp_method
-            .map(|_| http::HeaderValue::from_static("tools/list"));
-        let out = Outbound {
-            body: &body,
-            kind: Kind::Request,
-            method: "tools/list",
-            id: Some("\"toolgate-tools\""),
-            progress_token: None,
-            accepts_sse: false,
-            protocol_version: like.protocol_version,
-            mcp_method: method_header.as_ref(),
-            mcp_name: None,
-        };
-        let reply = send_on(gw, upstream, grant, binding, &out).await?;
-        let message = crate::upstream::probe::response_of(reply)
-            .await
-            .map_err(|_| {
-                Refused::new(
-                    StatusCode::OK,
-                    jsonrpc::INTERNAL_ERROR,
-                    "upstream tools/list failed",
-                )
-                .with_id(like.id)
-            })?;
-        let (page_names, next) = answers::list_page(&message).map_err(|why| {
-            tracing::warn!("upstream tools/list could not be read: {why}");
-            Refused::new(
-                StatusCode::OK,
-                jsonrpc::INTERNAL_ERROR,
-                "upstream tools/list could not be read",
-            )
-            .with_id(like.id)
-        })?;
-        names.extend(page_names);
-        match next {
-            Some(c) if Some(&c) != cursor.as_ref() => cursor = Some(c),
-            _ => break,
-        }
-    }
-    let listed = names.contains(tool);
-    if let Some(cache) = cache {
-        *cache.lock().expect("tool cache lock") = Some(Arc::new(names));
-    }
-    Ok(listed)
-}
-
 /// Opens the upstream session first when the message is `initialize`.
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
@@ -178,9 +94,10 @@ pub async fn forward(
         forwarded_at: None,
         summary: None,
     };
-    let (list_filter, call) = match verdict {
+    let (list_filter, call, default_denied) = match verdict {
         Verdict::Answer(body, decided) => return Ok(now(body, Some(*decided))),
-        Verdict::Forward { list_filter, call } => (list_filter, call),
+        Verdict::Forward { list_filter, call } => (list_filter, call, None),
+        Verdict::DefaultDenied { denial, decided } => (None, None, Some((denial, decided))),
     };
     let decided = call.as_ref().map(|c| c.decided.clone());
     let out = Outbound {
@@ -214,12 +131,25 @@ pub async fn forward(
         })
     };
 
+    if let Some((denial, decided)) = default_denied {
+        let rev = super::revision(headers, msg);
+        let listed =
+            upstream_lists(gw, upstream, &grant, &binding, &out, msg, rev, &decided.tool).await?;
+        return Ok(if listed {
+            now(denial, Some(*decided))
+        } else {
+            let d = decided.with(Outcome::Unknown, None);
+            now(answers::unknown_tool(id, &decided.tool), Some(d))
+        });
+    }
+
     let mut reservation = None;
     if let Some(call) = &call
         && !matches!(binding, Binding::New)
     {
         if let Some(tool) = &call.must_be_listed
-            && !upstream_lists(gw, upstream, &grant, &binding, &out, tool).await?
+            && !upstream_lists(gw, upstream, &grant, &binding, &out, msg, call.revision, tool)
+                .await?
         {
             let d = call.decided.with(Outcome::Unknown, None);
             return Ok(now(answers::unknown_tool(id, tool), Some(d)));

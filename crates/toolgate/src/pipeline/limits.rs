@@ -62,7 +62,7 @@ pub async fn reserve(
     match gw.counters.reserve(&needs).await {
         Ok(Ok(reservation)) => Ok(Some(reservation)),
         Ok(Err(limited)) => Err((
-            answers::limited(id, &limited, call.policy_version),
+            answers::limited(id, &limited, call.policy_version, call.revision),
             Outcome::Limited,
             limited.rule.to_string(),
         )),
@@ -80,6 +80,7 @@ pub async fn reserve(
                 message,
                 STORE_UNAVAILABLE_RULE,
                 Some(call.policy_version),
+                call.revision,
             );
             Err((body, Outcome::Deny, STORE_UNAVAILABLE_RULE.to_string()))
         }

@@ -15,6 +15,7 @@
 mod decide;
 mod forward;
 mod limits;
+mod listed;
 
 pub use decide::{AllowedCall, Decided, NO_POLICY_RULE, Verdict, decide};
 pub use forward::forward;
@@ -24,16 +25,16 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 
+use crate::answers::Revision;
 use crate::gateway::Gateway;
 use crate::grants::{DoorRefusal, Grant};
 use crate::jsonrpc::{self, Envelope, Kind, NamedParams};
-use crate::policies::Loaded;
 use crate::session::{Session, SessionRefusal};
 use crate::upstream::Reply;
 use crate::upstream::http as names;
 
 /// The stateless protocol version: requests carry no session.
-pub const STATELESS_VERSION: &str = "2026-07-28";
+pub use crate::answers::STATELESS_VERSION;
 
 /// A request turned away by the gateway itself; it never reached the upstream.
 #[derive(Debug)]
@@ -71,7 +72,7 @@ pub struct Answer {
     pub new_session: Option<Arc<str>>,
     pub accepts_sse: bool,
     /// For `tools/list`: the policy whose hidden tools are taken out of the response.
-    pub list_filter: Option<Arc<Loaded>>,
+    pub list_filter: Option<crate::answers::ListFilter>,
     /// For `tools/call`: what was decided (for the audit record).
     pub decided: Option<Decided>,
     /// When the message went upstream (for the upstream latency).
@@ -223,6 +224,37 @@ pub fn read_message(body: &[u8]) -> Result<Message<'_>, Refused> {
         .kind()
         .map_err(|r| Refused::new(StatusCode::BAD_REQUEST, r.code, r.message).with_id(id))?;
     Ok(Message { envelope, kind, id })
+}
+
+/// The protocol revision a request was made under: its `MCP-Protocol-Version` header (HTTP),
+/// else its own `_meta` (`io.modelcontextprotocol/protocolVersion`, how a stateless request
+/// says it on stdio). Read only for the methods whose answers the gateway may write itself.
+pub fn revision(headers: &AgentHeaders<'_>, msg: &Message<'_>) -> Revision {
+    if let Some(v) = headers.protocol_version {
+        return Revision::of(v.as_bytes());
+    }
+    #[derive(serde::Deserialize)]
+    struct Params<'a> {
+        #[serde(borrow, rename = "_meta")]
+        meta: Option<&'a serde_json::value::RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Meta<'a> {
+        #[serde(borrow, rename = "io.modelcontextprotocol/protocolVersion")]
+        version: Option<std::borrow::Cow<'a, str>>,
+    }
+    let Some(params) = msg.envelope.params else {
+        return Revision::Sessions;
+    };
+    if !params.get().contains("io.modelcontextprotocol/protocolVersion") {
+        return Revision::Sessions;
+    }
+    serde_json::from_str::<Params>(params.get())
+        .ok()
+        .and_then(|p| p.meta)
+        .and_then(|m| serde_json::from_str::<Meta>(m.get()).ok())
+        .and_then(|m| m.version)
+        .map_or(Revision::Sessions, |v| Revision::of(v.as_bytes()))
 }
 
 /// The name the policy decides on and `Mcp-Name` must match, for the methods that have one.

@@ -111,6 +111,8 @@ pub struct HttpServer {
     route: Route,
     /// How long a POST waits for its answer, and an event stream for its next event.
     request_timeout: Duration,
+    /// The tools it lists, as the gateway last fetched them.
+    pub tools: Arc<super::ListedTools>,
 }
 
 /// How requests reach a server.
@@ -203,6 +205,7 @@ impl HttpServer {
             post_headers,
             route,
             request_timeout,
+            tools: Arc::default(),
         }
     }
 
@@ -357,16 +360,22 @@ impl HttpServer {
         }
         if status.is_success() && is_sse {
             let name = self.name.clone();
+            let tools = self.tools.clone();
             let events = sse_stream::SseStream::new(response.into_body()).filter_map(move |item| {
                 let name = name.clone();
+                let tools = tools.clone();
                 async move {
                     match item {
-                        Ok(sse) => Some(Event {
-                            id: sse.id,
-                            event: sse.event,
-                            retry: sse.retry,
-                            data: Bytes::from(sse.data.unwrap_or_default()),
-                        }),
+                        Ok(sse) => {
+                            let data = Bytes::from(sse.data.unwrap_or_default());
+                            tools.watch(&data);
+                            Some(Event {
+                                id: sse.id,
+                                event: sse.event,
+                                retry: sse.retry,
+                                data,
+                            })
+                        }
                         Err(e) => {
                             tracing::warn!(server = %name, "upstream event stream broke: {e}");
                             None

@@ -13,8 +13,53 @@ pub mod http1;
 pub mod probe;
 pub mod stdio;
 
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
+
+/// The tool names an upstream listed. foldhash (see `crate::HotMap`): a call to a tool the
+/// policy does not name looks it up here; the names are the upstream's, not an agent's.
+pub type ToolNames = foldhash::HashSet<String>;
+
+/// The tools one upstream server lists, as last fetched by the gateway itself (the check that
+/// a tool the policy does not name is one the server has). One per server, shared by every
+/// session and stateless request: the list is fetched again when a call names a tool it
+/// lacks, and forgotten when the server says `notifications/tools/list_changed`.
+#[derive(Debug, Default)]
+pub struct ListedTools {
+    names: Mutex<Option<Arc<ToolNames>>>,
+}
+
+/// The notification that makes [`ListedTools`] stale.
+pub const TOOLS_LIST_CHANGED: &str = "notifications/tools/list_changed";
+
+impl ListedTools {
+    /// Whether the last fetched list has `tool`; None when nothing is cached.
+    pub fn has(&self, tool: &str) -> Option<bool> {
+        let names = self.names.lock().expect("listed tools lock");
+        names.as_ref().map(|n| n.contains(tool))
+    }
+
+    pub fn replace(&self, names: ToolNames) {
+        *self.names.lock().expect("listed tools lock") = Some(Arc::new(names));
+    }
+
+    pub fn forget(&self) {
+        *self.names.lock().expect("listed tools lock") = None;
+    }
+
+    /// Forgets the list when `message` (one JSON-RPC message from the server) is
+    /// `notifications/tools/list_changed`. A substring search first: most messages are not.
+    pub fn watch(&self, message: &[u8]) {
+        if memchr::memmem::find(message, TOOLS_LIST_CHANGED.as_bytes()).is_some()
+            && crate::jsonrpc::Envelope::parse(message)
+                .is_ok_and(|e| e.method() == TOOLS_LIST_CHANGED)
+        {
+            self.forget();
+        }
+    }
+}
 
 /// One server-sent event on its way to the agent. `data` is one JSON-RPC message, or empty
 /// for a priming event (which carries only an `id` for resumption).

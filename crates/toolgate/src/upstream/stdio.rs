@@ -52,6 +52,8 @@ pub struct StdioServer {
     /// Local mode (`toolgate run`): the child is the user's own server, started in place of
     /// it, so it gets the whole environment, and its exit ends the gateway instead of a restart.
     pub local: bool,
+    /// The tools it lists, as the gateway last fetched them (every child of this server).
+    pub tools: Arc<super::ListedTools>,
 }
 
 /// An item on its way to one waiting request.
@@ -85,6 +87,7 @@ struct Routes {
 /// A running child process.
 pub struct Child {
     server: Arc<str>,
+    tools: Arc<super::ListedTools>,
     pid: i32,
     /// The exit code once the process has ended (128 + signal when killed by one).
     exited: tokio::sync::watch::Sender<Option<i32>>,
@@ -143,6 +146,7 @@ impl StdioServer {
         let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(256);
         let child = Arc::new(Child {
             server: self.name.clone(),
+            tools: self.tools.clone(),
             pid,
             exited: tokio::sync::watch::Sender::new(None),
             request_timeout: self.request_timeout,
@@ -314,6 +318,9 @@ impl Child {
             let msg = jsonrpc::splice(&line, range, pending.original_id.as_bytes());
             let _ = pending.sink.send(Item::Final(msg)).await;
             return;
+        }
+        if env.method() == super::TOOLS_LIST_CHANGED {
+            self.tools.forget();
         }
         // Progress goes to the request that asked for it.
         if env.method() == "notifications/progress" {
