@@ -85,10 +85,7 @@ pub fn limited(
 ) -> Bytes {
     tool_error(
         id,
-        format!(
-            "[POLICY DENIED] {}",
-            crate::counters::limited_message(l)
-        ),
+        format!("[POLICY DENIED] {}", crate::counters::limited_message(l)),
         serde_json::json!({
             "outcome": "deny", "rule": &*l.rule, "policy_version": policy_version,
             "counter": l.counter, "retry_after_s": l.retry_after_s,
@@ -168,9 +165,7 @@ pub fn filter_tools_list(policy: &Policy, message: Bytes, rev: Revision) -> Byte
     };
     let hides = tools.iter().any(|(_, name)| policy.is_hidden(name));
     let private = list.cache_scope.is_some_and(|c| c.get() == r#""private""#);
-    let ttl_ok = list
-        .ttl_ms
-        .is_some_and(|t| t.get().parse::<u64>().is_ok());
+    let ttl_ok = list.ttl_ms.is_some_and(|t| t.get().parse::<u64>().is_ok());
     let needs_scope = rev == Revision::Stateless && !(private && ttl_ok);
     if !hides && !needs_scope {
         return message;
@@ -195,12 +190,18 @@ pub fn filter_tools_list(policy: &Policy, message: Bytes, rev: Revision) -> Byte
         let Some(open) = jsonrpc::span_in(&message, result.get()).map(|r| r.start + 1) else {
             return fail("result not found in the message".into());
         };
-        match list.cache_scope.and_then(|c| jsonrpc::span_in(&message, c.get())) {
+        match list
+            .cache_scope
+            .and_then(|c| jsonrpc::span_in(&message, c.get()))
+        {
             Some(range) => edits.push((range, Cow::Borrowed(br#""private""#))),
             None => edits.push((open..open, Cow::Borrowed(br#""cacheScope":"private","#))),
         }
         if !ttl_ok {
-            match list.ttl_ms.and_then(|t| jsonrpc::span_in(&message, t.get())) {
+            match list
+                .ttl_ms
+                .and_then(|t| jsonrpc::span_in(&message, t.get()))
+            {
                 Some(range) => edits.push((range, Cow::Borrowed(b"0"))),
                 None => edits.push((open..open, Cow::Borrowed(br#""ttlMs":0,"#))),
             }
@@ -302,7 +303,10 @@ mod tests {
         let note = Bytes::from_static(
             br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#,
         );
-        assert_eq!(filter_tools_list(&p, note.clone(), Revision::Stateless), note);
+        assert_eq!(
+            filter_tools_list(&p, note.clone(), Revision::Stateless),
+            note
+        );
     }
 
     #[test]
@@ -370,8 +374,7 @@ mod tests {
         ] {
             let rev = Revision::of(version.as_bytes());
             let d: serde_json::Value =
-                serde_json::from_slice(&denial("1", "no", "(default deny)", Some(1), rev))
-                    .unwrap();
+                serde_json::from_slice(&denial("1", "no", "(default deny)", Some(1), rev)).unwrap();
             let l = crate::counters::Limited {
                 counter: "c".into(),
                 rule: "/tools/a/limits/0".into(),
@@ -382,7 +385,11 @@ mod tests {
             let l: serde_json::Value = serde_json::from_slice(&limited("2", &l, 1, rev)).unwrap();
             for v in [d, l] {
                 let expected = typed.then(|| serde_json::json!("complete"));
-                assert_eq!(v["result"].get("resultType"), expected.as_ref(), "{version}: {v}");
+                assert_eq!(
+                    v["result"].get("resultType"),
+                    expected.as_ref(),
+                    "{version}: {v}"
+                );
                 assert_eq!(v["result"]["isError"], true);
             }
         }
@@ -424,7 +431,8 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"result":{"ttlMs":0,"tools":[{"name":"a"}],"cacheScope":"private"}}"#
         );
         // Before 2026-07-28 nothing is added.
-        let msg = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"}]}}"#);
+        let msg =
+            Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"}]}}"#);
         assert_eq!(filter_tools_list(&p, msg.clone(), Revision::Sessions), msg);
     }
 

@@ -343,7 +343,10 @@ fn under_default_deny_a_hidden_name_and_a_missing_one_answer_alike() {
     );
     let s = McpSession::open(&p.gw, "rec", Some(POLICY_TOKEN));
     let mut expected = handshake();
-    for (i, name) in ["wipe", "nonexistent", "Refund", "refund "].iter().enumerate() {
+    for (i, name) in ["wipe", "nonexistent", "Refund", "refund "]
+        .iter()
+        .enumerate()
+    {
         let id = json!(800 + i);
         let resp = call_with_id(&s, &id, name, json!({}));
         assert_eq!(resp, unknown_tool(&id, name), "{name:?}");

@@ -102,12 +102,13 @@ pub fn decide(
     let policy = grant.policy.as_ref().map(|p| p.current());
     match msg.envelope.method() {
         "tools/list" => {
-            let list_filter = policy
-                .filter(|p| p.policy.hides_anything())
-                .map(|policy| ListFilter {
-                    policy,
-                    revision: super::revision(headers, msg),
-                });
+            let list_filter =
+                policy
+                    .filter(|p| p.policy.hides_anything())
+                    .map(|policy| ListFilter {
+                        policy,
+                        revision: super::revision(headers, msg),
+                    });
             Ok(Verdict::Forward {
                 list_filter,
                 call: None,

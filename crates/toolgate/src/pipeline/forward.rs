@@ -133,8 +133,17 @@ pub async fn forward(
 
     if let Some((denial, decided)) = default_denied {
         let rev = super::revision(headers, msg);
-        let listed =
-            upstream_lists(gw, upstream, &grant, &binding, &out, msg, rev, &decided.tool).await?;
+        let listed = upstream_lists(
+            gw,
+            upstream,
+            &grant,
+            &binding,
+            &out,
+            msg,
+            rev,
+            &decided.tool,
+        )
+        .await?;
         return Ok(if listed {
             now(denial, Some(*decided))
         } else {
@@ -148,8 +157,17 @@ pub async fn forward(
         && !matches!(binding, Binding::New)
     {
         if let Some(tool) = &call.must_be_listed
-            && !upstream_lists(gw, upstream, &grant, &binding, &out, msg, call.revision, tool)
-                .await?
+            && !upstream_lists(
+                gw,
+                upstream,
+                &grant,
+                &binding,
+                &out,
+                msg,
+                call.revision,
+                tool,
+            )
+            .await?
         {
             let d = call.decided.with(Outcome::Unknown, None);
             return Ok(now(answers::unknown_tool(id, tool), Some(d)));
