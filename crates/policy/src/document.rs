@@ -173,6 +173,16 @@ pub struct Document {
 /// The default approval timeout when a policy gives none.
 pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
+/// Why a policy with an `approval` is refused: this version of the gateway cannot hold a call
+/// for a human (SPEC 6), and an approval it ignored would let the call through (SPEC 4: "never
+/// ignored: a gateway that cannot enforce it refuses the policy"). The approval is still parsed
+/// and its own fields checked, so that every problem is reported at once; once approvals are
+/// enforced, this refusal goes and the parsed approval is used (`all_tools.approval` included,
+/// which `Policy::compile` does not merge into the tools' rules yet).
+pub const APPROVAL_NOT_ENFORCED: &str = "approval is not enforced by this version of toolgate \
+     yet; a policy that asks for it is refused rather than run without it (remove the field, \
+     or use deny_if to block the call)";
+
 struct Walk {
     problems: Vec<Problem>,
     /// counter name → (window, pointer of its first use)
@@ -350,12 +360,7 @@ fn tool_rules(w: &mut Walk, v: &Value, pointer: &str, all_tools: bool) -> ToolRu
     let Some(m) = w.object(v, pointer, what) else {
         return rules;
     };
-    let known: &[&str] = if all_tools {
-        &["require", "deny_if", "limits"]
-    } else {
-        &["require", "deny_if", "limits", "approval"]
-    };
-    w.unknown_fields(m, pointer, known);
+    w.unknown_fields(m, pointer, &["require", "deny_if", "limits", "approval"]);
     for (key, list) in [
         ("require", &mut rules.require),
         ("deny_if", &mut rules.deny_if),
@@ -394,7 +399,11 @@ fn tool_rules(w: &mut Walk, v: &Value, pointer: &str, all_tools: bool) -> ToolRu
         }
     }
     if let Some(v) = m.get("approval") {
-        rules.approval = approval(w, v, &format!("{pointer}/approval"));
+        // Under a tool or under all_tools (SPEC 4): refused either way until approvals are
+        // enforced; its own fields are still checked, so every problem shows at once.
+        let p = format!("{pointer}/approval");
+        w.problem(&p, APPROVAL_NOT_ENFORCED);
+        rules.approval = approval(w, v, &p);
     }
     rules
 }

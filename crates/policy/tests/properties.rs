@@ -242,8 +242,7 @@ fn all_tools_rules_come_first_and_limits_merge() {
         },
         "tools": {"t": {
             "deny_if": [{"conditions": []}],
-            "limits": [{"counter": "t_rate", "window": "second", "max": 2, "scope": "session"}],
-            "approval": {"timeout": "15m", "mode": "retry"}
+            "limits": [{"counter": "t_rate", "window": "second", "max": 2, "scope": "session"}]
         }, "u": {}}
     }))
     .unwrap();
