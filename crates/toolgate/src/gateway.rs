@@ -71,6 +71,8 @@ pub struct Gateway {
     /// Children answering sessionless (2026-07-28) requests on stdio servers, one per grant
     /// so that grants never share a process.
     pub stateless_stdio: HotMap<Arc<str>, Arc<StdioSession>>,
+    /// Calls that span requests: relayed `requestState`s and tasks, bound to their grants.
+    pub continued: Arc<crate::pipeline::Continuations>,
     pub hosts: HostCheck,
     /// The audit trail.
     pub audit: crate::audit::Audit,
@@ -148,6 +150,7 @@ impl Gateway {
             servers,
             sessions: SessionTable::default(),
             stateless_stdio: HotMap::default(),
+            continued: Arc::default(),
             shutdown: CancellationToken::new(),
             config,
         };

@@ -140,6 +140,9 @@ pub fn is_result(message: &[u8]) -> bool {
 pub enum AnswerSummary {
     /// A result; `is_error` is the tool's own `isError` flag.
     Result { is_error: bool },
+    /// A result that asks the client for more input before the call can complete
+    /// (`resultType: "input_required"`, 2026-07-28): the call has not happened yet.
+    InputRequired,
     /// A JSON-RPC error, with its code when it has an integer one.
     Error { code: Option<i64> },
     /// A JSON object with neither (not an answer).
@@ -168,6 +171,7 @@ pub fn summarize(body: &[u8]) -> Option<AnswerSummary> {
         (_, Some(e)) => AnswerSummary::Error {
             code: e.get("code").and_then(serde_json::Value::as_i64),
         },
+        (Some(r), None) if r.input_required => AnswerSummary::InputRequired,
         (Some(r), None) => AnswerSummary::Result {
             is_error: r.is_error,
         },
@@ -179,6 +183,7 @@ pub fn summarize(body: &[u8]) -> Option<AnswerSummary> {
 /// object, but an upstream may send anything) reads as `is_error: false`.
 struct ResultShape {
     is_error: bool,
+    input_required: bool,
 }
 
 impl<'de> serde::Deserialize<'de> for ResultShape {
@@ -194,39 +199,67 @@ impl<'de> serde::Deserialize<'de> for ResultShape {
                 mut map: A,
             ) -> Result<ResultShape, A::Error> {
                 let mut is_error = false;
+                let mut input_required = false;
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     if key == "isError" {
                         is_error = map.next_value::<serde_json::Value>()?.as_bool() == Some(true);
+                    } else if key == "resultType" {
+                        input_required = map.next_value::<serde_json::Value>()?.as_str()
+                            == Some("input_required");
                     } else {
                         map.next_value::<serde::de::IgnoredAny>()?;
                     }
                 }
-                Ok(ResultShape { is_error })
+                Ok(ResultShape {
+                    is_error,
+                    input_required,
+                })
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
                 mut seq: A,
             ) -> Result<ResultShape, A::Error> {
                 while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(ResultShape { is_error: false })
+                Ok(ResultShape {
+                    is_error: false,
+                    input_required: false,
+                })
             }
             fn visit_unit<E>(self) -> Result<ResultShape, E> {
-                Ok(ResultShape { is_error: false })
+                Ok(ResultShape {
+                    is_error: false,
+                    input_required: false,
+                })
             }
             fn visit_bool<E>(self, _: bool) -> Result<ResultShape, E> {
-                Ok(ResultShape { is_error: false })
+                Ok(ResultShape {
+                    is_error: false,
+                    input_required: false,
+                })
             }
             fn visit_i64<E>(self, _: i64) -> Result<ResultShape, E> {
-                Ok(ResultShape { is_error: false })
+                Ok(ResultShape {
+                    is_error: false,
+                    input_required: false,
+                })
             }
             fn visit_u64<E>(self, _: u64) -> Result<ResultShape, E> {
-                Ok(ResultShape { is_error: false })
+                Ok(ResultShape {
+                    is_error: false,
+                    input_required: false,
+                })
             }
             fn visit_f64<E>(self, _: f64) -> Result<ResultShape, E> {
-                Ok(ResultShape { is_error: false })
+                Ok(ResultShape {
+                    is_error: false,
+                    input_required: false,
+                })
             }
             fn visit_str<E>(self, _: &str) -> Result<ResultShape, E> {
-                Ok(ResultShape { is_error: false })
+                Ok(ResultShape {
+                    is_error: false,
+                    input_required: false,
+                })
             }
         }
         d.deserialize_any(Visitor)

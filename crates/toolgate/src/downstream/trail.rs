@@ -218,9 +218,9 @@ impl Answered {
         match summary.unwrap_or_else(|| jsonrpc::summarize(body)) {
             Some(AnswerSummary::Error { code }) => Answered::Error(code.unwrap_or(0)),
             Some(AnswerSummary::Result { is_error: true }) => Answered::IsError,
-            Some(AnswerSummary::Result { is_error: false }) | Some(AnswerSummary::Neither) => {
-                Answered::Ok
-            }
+            Some(AnswerSummary::Result { is_error: false })
+            | Some(AnswerSummary::InputRequired)
+            | Some(AnswerSummary::Neither) => Answered::Ok,
             None => Answered::Unreadable,
         }
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::StatusCode;
 
+use super::continued::{ContinuedParams, TASK_METHODS};
 use super::decide::{AllowedCall, Decided, Verdict};
 use super::listed::upstream_lists;
 use super::{AgentHeaders, Answer, Binding, Message, Refused, STATELESS_VERSION, limits};
@@ -172,6 +173,20 @@ pub async fn forward(
             let d = call.decided.with(Outcome::Unknown, None);
             return Ok(now(answers::unknown_tool(id, tool), Some(d)));
         }
+        if let Some(state) = ContinuedParams::read(msg.envelope.params).request_state
+            && gw
+                .continued
+                .check_state(&grant.id, &call.decided.tool, &state)
+                .is_err()
+        {
+            let body = jsonrpc::error_response(
+                msg.id,
+                jsonrpc::INVALID_PARAMS,
+                "Invalid params: requestState was not issued to this grant for this tool",
+            );
+            let d = call.decided.with(Outcome::Deny, Some(UNBOUND_STATE_RULE));
+            return Ok(now(body, Some(d)));
+        }
         reservation = match reserve(gw, &grant, &binding, upstream, call, id).await {
             Ok(r) => r,
             Err((denial, outcome, rule)) => {
@@ -214,6 +229,29 @@ pub async fn forward(
             }
         };
     }
+    let method = msg.envelope.method();
+    let task = match method {
+        m if msg.kind == Kind::Request && TASK_METHODS.contains(&m) => {
+            let task = ContinuedParams::read(msg.envelope.params)
+                .task_id
+                .map(|t| t.into_owned())
+                .unwrap_or_default();
+            if gw
+                .continued
+                .check_task(upstream.name(), &grant.id, &task)
+                .is_err()
+            {
+                return Err(Refused::new(
+                    StatusCode::OK,
+                    jsonrpc::INVALID_PARAMS,
+                    "Invalid params: unknown taskId",
+                )
+                .with_id(msg.id));
+            }
+            Some(task)
+        }
+        _ => None,
+    };
     // An open session or a stateless request: send, then settle the counters on the answer.
     let forwarded_at = Some(std::time::Instant::now());
     let reply = match send_on(gw, upstream, &grant, &binding, &out).await {
@@ -233,11 +271,75 @@ pub async fn forward(
     {
         s.close().await;
     }
+    let server = upstream.name();
+    let continued = &gw.continued;
+    let (reply, hold) = match (&call, task) {
+        (Some(call), _) => {
+            let (grant, tool) = (grant.id.clone(), call.decided.tool.clone());
+            let (server, c) = (server.clone(), continued.clone());
+            let reply = on_answer(reply, move |m| {
+                c.record_call_answer(&server, &grant, &tool, &m);
+                m
+            });
+            let hold = limits::TaskHold {
+                continued: continued.clone(),
+                server: upstream.name().clone(),
+            };
+            (reply, Some(hold))
+        }
+        (None, Some(task)) => {
+            let (server, c) = (server.clone(), continued.clone());
+            let counters = gw.counters.clone();
+            let method = method.to_string();
+            let reply = on_answer(reply, move |m| {
+                if let Some((r, failed)) = c.settle_task(&server, &task, &method, &m)
+                    && failed
+                {
+                    let counters = counters.clone();
+                    tokio::spawn(async move { limits::release(&counters, r).await });
+                }
+                m
+            });
+            (reply, None)
+        }
+        (None, None) if msg.kind == Kind::Request && method == "tasks/list" => {
+            let (server, c, grant) = (server.clone(), continued.clone(), grant.id.clone());
+            let reply = on_answer(reply, move |m| c.filter_task_list(&server, &grant, m));
+            (reply, None)
+        }
+        (None, None) => (reply, None),
+    };
     answer(
-        limits::settle(&gw.counters, reservation, reply).await,
+        limits::settle(&gw.counters, reservation, reply, hold).await,
         None,
         forwarded_at,
     )
+}
+
+/// Rule named when a retried call's `requestState` is not one relayed to its grant.
+pub const UNBOUND_STATE_RULE: &str = "(request state not issued)";
+
+/// Passes the JSON-RPC response in a reply (its body, or its stream's response event)
+/// through `f`, in order, before it goes on.
+fn on_answer(reply: Reply, f: impl Fn(Bytes) -> Bytes + Send + 'static) -> Reply {
+    use futures_util::StreamExt;
+    match reply {
+        Reply::Json { status, body } => Reply::Json {
+            status,
+            body: f(body),
+        },
+        Reply::Stream(events) => Reply::Stream(
+            events
+                .map(move |mut e| {
+                    if jsonrpc::is_response(&e.data) {
+                        e.data = f(e.data);
+                    }
+                    e
+                })
+                .boxed(),
+        ),
+        other => other,
+    }
 }
 
 async fn reserve(

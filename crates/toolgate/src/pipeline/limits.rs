@@ -92,10 +92,15 @@ pub async fn reserve(
 /// at once finds its quota there. (Redis can take up to about 1.5 s when it is failing: its
 /// connect and response timeouts and one retry.) With the reply goes what was read in a JSON
 /// body, when it was read, for the audit record.
+///
+/// A call that created a task (`tasks`) keeps its counters with the task, to be settled on
+/// the task's outcome (`continued.rs`); a call the upstream answered `input_required` gives
+/// them back, as the retry that completes it will be counted.
 pub async fn settle(
     counters: &Arc<Counters>,
     reservation: Option<Reservation>,
     reply: Reply,
+    tasks: Option<TaskHold>,
 ) -> (Reply, Option<Option<AnswerSummary>>) {
     let Some(reservation) = reservation else {
         return (reply, None);
@@ -103,8 +108,8 @@ pub async fn settle(
     let reply = match reply {
         Reply::Json { status, body } => {
             let summary = crate::jsonrpc::summarize(&body);
-            if failed(summary) {
-                release(counters, reservation).await;
+            if let Some(r) = not_kept(summary, reservation, &body, tasks.as_ref()) {
+                release(counters, r).await;
             }
             return (Reply::Json { status, body }, Some(summary));
         }
@@ -124,7 +129,10 @@ pub async fn settle(
                         let answered = pending.is_some() && crate::jsonrpc::is_response(&e.data);
                         let give_back = pending
                             .take_if(|_| answered)
-                            .filter(|_| failed(crate::jsonrpc::summarize(&e.data)))
+                            .and_then(|r| {
+                                let summary = crate::jsonrpc::summarize(&e.data);
+                                not_kept(summary, r, &e.data, tasks.as_ref())
+                            })
                             .map(|r| (counters.clone(), r));
                         async move {
                             if let Some((counters, r)) = give_back {
@@ -139,6 +147,34 @@ pub async fn settle(
         Reply::Accepted => reply,
     };
     (reply, None)
+}
+
+/// Where a task-creating call's counters wait for the task's outcome.
+pub struct TaskHold {
+    pub continued: Arc<super::Continuations>,
+    pub server: Arc<str>,
+}
+
+/// What happens to a call's reservation once its answer is read: None when it stays taken
+/// (the call happened, or its task holds it), Some when it must be given back.
+fn not_kept(
+    summary: Option<AnswerSummary>,
+    reservation: Reservation,
+    answer: &[u8],
+    tasks: Option<&TaskHold>,
+) -> Option<Reservation> {
+    if failed(summary) || summary == Some(AnswerSummary::InputRequired) {
+        return Some(reservation);
+    }
+    match tasks {
+        Some(h) if memchr::memmem::find(answer, b"taskId").is_some() => {
+            // Held with the task when the answer created one the gateway recorded; the
+            // reservation comes back (and is dropped: the call counts) otherwise.
+            h.continued.hold_created(&h.server, answer, reservation);
+            None
+        }
+        _ => None,
+    }
 }
 
 /// Gives a reservation back, in a task of its own that is awaited: the agent may go away (and

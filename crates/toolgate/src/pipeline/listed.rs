@@ -28,6 +28,7 @@ use crate::upstream::{Outbound, ToolNames};
 const MAX_PAGES: u32 = 100;
 
 /// Whether the upstream lists `tool`.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn upstream_lists(
     gw: &Gateway,
     upstream: &Upstream,

@@ -12,13 +12,15 @@
 //! Approval and audit (later issues) slot in around 5 and 6. Nothing here blocks: every step
 //! is either pure or awaits the network.
 
+mod continued;
 mod decide;
 mod forward;
 mod limits;
 mod listed;
 
+pub use continued::Continuations;
 pub use decide::{AllowedCall, Decided, NO_POLICY_RULE, Verdict, decide};
-pub use forward::forward;
+pub use forward::{UNBOUND_STATE_RULE, forward};
 pub use limits::STORE_UNAVAILABLE_RULE;
 
 use std::sync::Arc;
@@ -246,7 +248,10 @@ pub fn revision(headers: &AgentHeaders<'_>, msg: &Message<'_>) -> Revision {
     let Some(params) = msg.envelope.params else {
         return Revision::Sessions;
     };
-    if !params.get().contains("io.modelcontextprotocol/protocolVersion") {
+    if !params
+        .get()
+        .contains("io.modelcontextprotocol/protocolVersion")
+    {
         return Revision::Sessions;
     }
     serde_json::from_str::<Params>(params.get())
