@@ -179,9 +179,13 @@ impl Gateway {
                     }
                     Err(problems) => {
                         // Validated when applied; a document that no longer parses (a newer
-                        // toolgate wrote it) leaves its scope without a stored policy.
-                        tracing::error!(server = %v.scope.server, version = v.version, "stored policy is invalid: {problems:?}");
-                        continue;
+                        // toolgate wrote it, or an `approval` this one cannot enforce) denies
+                        // every call of its scope rather than leave the scope to a policy
+                        // further down the line, which may allow more (fail closed).
+                        tracing::error!(server = %v.scope.server, version = v.version, "stored policy is invalid; every call it governs is denied: {problems:?}");
+                        let deny_all = Policy::parse(r#"{"version":"1","default":"deny"}"#)
+                            .expect("the deny-all policy is valid");
+                        Arc::new(Loaded::stored(deny_all, v.version, v.document.clone()))
                     }
                 },
             };
