@@ -288,19 +288,14 @@ pub async fn forward(
             (reply, Some(hold))
         }
         (None, Some(task)) => {
-            let (server, c) = (server.clone(), continued.clone());
-            let counters = gw.counters.clone();
-            let method = method.to_string();
-            let reply = on_answer(reply, move |m| {
-                if let Some((r, failed)) = c.settle_task(&server, &task, &method, &m)
-                    && failed
-                {
-                    let counters = counters.clone();
-                    tokio::spawn(async move { limits::release(&counters, r).await });
-                }
-                m
-            });
-            (reply, None)
+            let settle = TaskSettle {
+                continued: continued.clone(),
+                counters: gw.counters.clone(),
+                server: server.clone(),
+                task,
+                method: method.into(),
+            };
+            (settle.on(reply).await, None)
         }
         (None, None) if msg.kind == Kind::Request && method == "tasks/list" => {
             let (server, c, grant) = (server.clone(), continued.clone(), grant.id.clone());
@@ -314,6 +309,53 @@ pub async fn forward(
         None,
         forwarded_at,
     )
+}
+
+/// Settles a task's call on the outcome a task-naming request's answer reports: a failed or
+/// cancelled task gives the call's counters back before the answer goes on to the agent, so
+/// that the agent's next call finds them there (as `limits::settle` does for a plain call).
+struct TaskSettle {
+    continued: Arc<super::Continuations>,
+    counters: Arc<crate::counters::Counters>,
+    server: Arc<str>,
+    task: String,
+    method: Box<str>,
+}
+
+impl TaskSettle {
+    async fn answered(self: Arc<Self>, message: &[u8]) {
+        if let Some((r, true)) =
+            self.continued
+                .settle_task(&self.server, &self.task, &self.method, message)
+        {
+            limits::release(&self.counters, r).await;
+        }
+    }
+
+    async fn on(self, reply: Reply) -> Reply {
+        use futures_util::StreamExt;
+        let this = Arc::new(self);
+        match reply {
+            Reply::Json { status, body } => {
+                this.answered(&body).await;
+                Reply::Json { status, body }
+            }
+            Reply::Stream(events) => Reply::Stream(
+                events
+                    .then(move |e| {
+                        let this = this.clone();
+                        async move {
+                            if jsonrpc::is_response(&e.data) {
+                                this.answered(&e.data).await;
+                            }
+                            e
+                        }
+                    })
+                    .boxed(),
+            ),
+            other => other,
+        }
+    }
 }
 
 /// Rule named when a retried call's `requestState` is not one relayed to its grant.
