@@ -21,7 +21,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use common::{Gateway, Resp, Spawned, poll_until, python, repo_root, summary, toml_str};
@@ -108,27 +107,7 @@ fn setup(transport: Transport) -> Setup {
             (toml, None)
         }
         Transport::Http => {
-            let mut cmd = Command::new(python());
-            cmd.arg(server_py()).arg("--http").env("PORT", "0");
-            for (k, v) in files {
-                cmd.env(k, v);
-            }
-            let mut process = Spawned::start("continued_server --http", cmd);
-            let mut port: Option<u16> = None;
-            poll_until(common::START_DEADLINE, || {
-                port = process.stdout().lines().find_map(|l| {
-                    l.strip_prefix("listening ")
-                        .and_then(|p| p.trim().parse().ok())
-                });
-                port.is_some() || process.try_status().is_some()
-            });
-            let port = port.unwrap_or_else(|| {
-                panic!(
-                    "continued_server --http did not start: {}{}",
-                    process.stdout(),
-                    process.stderr()
-                )
-            });
+            let (process, port) = common::start_python_http(python(), &server_py(), files);
             let url = format!("http://127.0.0.1:{port}/mcp");
             (
                 format!("[servers.{SERVER}]\nurl = {}\n\n", toml_str(&url)),
@@ -302,25 +281,6 @@ impl<'g> Session<'g> {
     }
 }
 
-/// The raw text of the JSON-RPC response in an answer (a JSON body, or an SSE event's data).
-fn raw_response(r: &Resp) -> String {
-    if !r.is_sse() {
-        return r.text();
-    }
-    let text = r.text().replace("\r\n", "\n");
-    text.split("\n\n")
-        .map(|event| {
-            event
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .find(|data| serde_json::from_str::<Value>(data).is_ok_and(|m| common::is_response(&m)))
-        .unwrap_or_else(|| panic!("no response event in {text}"))
-}
-
 /// The members of a JSON object, each as its raw text, in order of appearance.
 struct Members(Vec<(String, Box<RawValue>)>);
 
@@ -421,7 +381,7 @@ fn multi_round_trip(transport: Transport) {
 
     // A asks: the server's input_required answer reaches A byte for byte.
     let r = ask(TOKEN_A, 7, json!({"question": question}), json!({}));
-    let got = raw_response(&r);
+    let got = r.response_text();
     let resp: Value = serde_json::from_str(&got).expect("JSON");
     let result = &resp["result"];
     assert_eq!(result["resultType"], "input_required", "{got}");

@@ -187,26 +187,6 @@ fn a_grant_without_any_policy_has_every_call_denied() {
     assert_record(&record, &expected, "no policy");
 }
 
-/// The JSON text of the response in an answer (the body, or the data of its SSE event).
-fn response_text(r: &Resp) -> String {
-    if !r.is_sse() {
-        return r.text();
-    }
-    r.text()
-        .replace("\r\n", "\n")
-        .split("\n\n")
-        .map(|event| {
-            event
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .find(|data| serde_json::from_str::<Value>(data).is_ok_and(|m| is_response(&m)))
-        .unwrap_or_else(|| panic!("no response in the SSE answer: {}", r.text()))
-}
-
 /// One tools/list page: its text, the raw `tools` array, each tool's raw text, nextCursor.
 struct Page {
     text: String,
@@ -226,7 +206,7 @@ fn list_page(s: &McpSession, id: u64, cursor: &Option<Value>, marker: &str) -> P
         .json(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/list", "params": params}))
         .send();
     assert_eq!(r.status, 200, "tools/list: {}", r.text());
-    let text = response_text(&r);
+    let text = r.response_text();
     let top: HashMap<String, Box<RawValue>> = serde_json::from_str(&text).expect("a response");
     let result = top
         .get("result")

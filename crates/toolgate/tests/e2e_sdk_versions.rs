@@ -27,7 +27,6 @@ mod common;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::process::Command;
 
 use common::*;
 use serde_json::{Value, json};
@@ -370,24 +369,8 @@ struct Sdk2Http {
 
 impl Sdk2Http {
     fn start() -> Sdk2Http {
-        let mut cmd = Command::new(python_with_sdk());
-        cmd.arg(sdk2_server_py()).arg("--http").env("PORT", "0");
-        let mut process = Spawned::start("sdk2_server --http", cmd);
-        let mut port = None;
-        poll_until(START_DEADLINE, || {
-            port = process.stdout().lines().find_map(|l| {
-                l.strip_prefix("listening ")
-                    .and_then(|p| p.trim().parse().ok())
-            });
-            port.is_some() || process.try_status().is_some()
-        });
-        let port = port.unwrap_or_else(|| {
-            panic!(
-                "sdk2_server.py --http did not start: {}{}",
-                process.stdout(),
-                process.stderr()
-            )
-        });
+        let no_env = std::iter::empty::<(&str, &str)>();
+        let (process, port) = start_python_http(python_with_sdk(), &sdk2_server_py(), no_env);
         Sdk2Http {
             _process: process,
             port,

@@ -234,6 +234,26 @@ impl Resp {
             })
     }
 
+    /// The JSON text of the JSON-RPC response in the answer, as written: the body, or the data
+    /// of the first SSE event that is a response; panics when there is none.
+    pub fn response_text(&self) -> String {
+        if !self.is_sse() {
+            return self.text();
+        }
+        let text = self.text().replace("\r\n", "\n");
+        text.split("\n\n")
+            .map(|event| {
+                event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .find(|data| serde_json::from_str::<Value>(data).is_ok_and(|m| is_response(&m)))
+            .unwrap_or_else(|| panic!("no JSON-RPC response in the SSE answer: {text}"))
+    }
+
     /// `error.code` of the JSON-RPC response, if it is an error.
     pub fn error_code(&self) -> Option<i64> {
         self.response()["error"]["code"].as_i64()

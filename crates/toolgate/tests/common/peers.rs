@@ -1,6 +1,7 @@
 //! Peers started by tests: server-everything and the recorder over HTTP, and the SDK client
 //! drivers run to completion.
 
+use std::ffi::OsStr;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -62,28 +63,10 @@ impl RecorderHttp {
 
     /// Like `start`, with more variables in its environment (`RECORDER_PAGE_SIZE`...).
     pub fn start_with_env(record_file: &Path, env: &[(&str, &str)]) -> RecorderHttp {
-        let mut cmd = Command::new(python());
-        cmd.arg(recorder_py())
-            .arg("--http")
-            .env("PORT", "0")
-            .env("RECORD_FILE", record_file)
-            .envs(env.iter().copied());
-        let mut process = Spawned::start("recorder --http", cmd);
-        let mut port = None;
-        poll_until(START_DEADLINE, || {
-            port = process.stdout().lines().find_map(|l| {
-                l.strip_prefix("listening ")
-                    .and_then(|p| p.trim().parse().ok())
-            });
-            port.is_some() || process.try_status().is_some()
-        });
-        let port = port.unwrap_or_else(|| {
-            panic!(
-                "recorder --http did not start: {}{}",
-                process.stdout(),
-                process.stderr()
-            )
-        });
+        let env = [("RECORD_FILE", record_file.as_os_str())]
+            .into_iter()
+            .chain(env.iter().map(|&(k, v)| (k, OsStr::new(v))));
+        let (process, port) = start_python_http(python(), &recorder_py(), env);
         RecorderHttp {
             process,
             port,
@@ -94,6 +77,43 @@ impl RecorderHttp {
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}/mcp", self.port)
     }
+}
+
+/// Starts a Python MCP server over Streamable HTTP (`python script --http`, `PORT=0` so that it
+/// picks its own port, then `env`, which may set `PORT`) and waits for its `listening PORT`
+/// line: the process and the port it listens on at 127.0.0.1.
+pub fn start_python_http<K, V>(
+    python: &str,
+    script: &Path,
+    env: impl IntoIterator<Item = (K, V)>,
+) -> (Spawned, u16)
+where
+    K: AsRef<OsStr>,
+    V: AsRef<OsStr>,
+{
+    let name = format!(
+        "{} --http",
+        script.file_stem().unwrap_or_default().to_string_lossy()
+    );
+    let mut cmd = Command::new(python);
+    cmd.arg(script).arg("--http").env("PORT", "0").envs(env);
+    let mut process = Spawned::start(&name, cmd);
+    let mut port = None;
+    poll_until(START_DEADLINE, || {
+        port = process.stdout().lines().find_map(|l| {
+            l.strip_prefix("listening ")
+                .and_then(|p| p.trim().parse().ok())
+        });
+        port.is_some() || process.try_status().is_some()
+    });
+    let port = port.unwrap_or_else(|| {
+        panic!(
+            "{name} did not start: {}{}",
+            process.stdout(),
+            process.stderr()
+        )
+    });
+    (process, port)
 }
 
 /// A throwaway certificate authority and a server certificate it signed for `localhost` and
