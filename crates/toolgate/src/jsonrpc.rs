@@ -303,6 +303,17 @@ pub fn error_response(id: Option<&str>, code: i64, message: &str) -> Bytes {
     Bytes::from(text)
 }
 
+/// A JSON-RPC error response to a message whose id was never read, without an `id` member:
+/// what MCP's 2026-07-28 schema allows there (JSON-RPC 2.0 writes `"id": null`, which no MCP
+/// schema accepts).
+pub fn error_response_without_id(code: i64, message: &str) -> Bytes {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "error": { "code": code, "message": message },
+    });
+    Bytes::from(body.to_string())
+}
+
 /// `params` of `tools/call`, `prompts/get` (`name`) and `resources/read` (`uri`): what
 /// `Mcp-Name` must agree with, and what the policy engine will decide on.
 #[derive(Debug, Deserialize)]

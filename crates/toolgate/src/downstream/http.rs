@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use tracing::Instrument;
 
 use super::trail::{Trail, new_request_id};
-use crate::answers;
+use crate::answers::{self, Revision};
 use crate::gateway::Gateway;
 use crate::jsonrpc;
 use crate::pipeline::{self, Refused};
@@ -28,7 +28,7 @@ const REQUEST_ID_HEADER: http::HeaderName = http::HeaderName::from_static("x-req
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        let body = jsonrpc::error_response(self.id.as_deref(), self.code, &self.message);
+        let body = self.error_body();
         let mut response = (
             self.status,
             [(header::CONTENT_TYPE, "application/json")],
@@ -81,9 +81,13 @@ async fn handle_post(
     let mut trail = Trail::start(&gw, &server, request_id);
     let (parts, body) = request.into_parts();
     let headers = pipeline::AgentHeaders::read(&parts.headers);
+    let revision = headers
+        .protocol_version
+        .map_or(Revision::Sessions, |v| Revision::of(v.as_bytes()));
     macro_rules! refuse_unread {
         ($r:expr) => {{
-            let r = $r;
+            let mut r = $r;
+            r.revision = revision;
             let span = tracing::info_span!(
                 crate::logging::REQUEST_SPAN,
                 request_id = &**request_id,
@@ -156,9 +160,13 @@ async fn handle_message(
     msg: pipeline::Message<'_>,
     mut trail: Trail,
 ) -> Response {
+    let revision = headers
+        .protocol_version
+        .map_or(Revision::Sessions, |v| Revision::of(v.as_bytes()));
     macro_rules! refuse {
         ($r:expr) => {{
-            let r = $r;
+            let mut r = $r;
+            r.revision = revision;
             trail.refused(&gw, &r);
             return r.into_response();
         }};
@@ -558,6 +566,12 @@ impl std::ops::Deref for BodyRefused {
 
     fn deref(&self) -> &Refused {
         &self.refused
+    }
+}
+
+impl std::ops::DerefMut for BodyRefused {
+    fn deref_mut(&mut self) -> &mut Refused {
+        &mut self.refused
     }
 }
 

@@ -48,6 +48,10 @@ pub struct Refused {
     pub id: Option<String>,
     /// The grant, when known (a token used on another server's endpoint), for the audit.
     pub grant: Option<Arc<Grant>>,
+    /// The revision the request said it was made under (its `MCP-Protocol-Version`), for the
+    /// shape of the error: from 2026-07-28 on, an id that was never read is left out rather
+    /// than written `null`, which no revision's schema accepts.
+    pub revision: Revision,
 }
 
 impl Refused {
@@ -58,6 +62,17 @@ impl Refused {
             message: message.into(),
             id: None,
             grant: None,
+            revision: Revision::Sessions,
+        }
+    }
+
+    /// The JSON-RPC error of this refusal.
+    pub fn error_body(&self) -> bytes::Bytes {
+        match (&self.id, self.revision) {
+            (None, Revision::Stateless) => {
+                jsonrpc::error_response_without_id(self.code, &self.message)
+            }
+            (id, _) => jsonrpc::error_response(id.as_deref(), self.code, &self.message),
         }
     }
 
