@@ -1,11 +1,12 @@
 //! Calls that span several requests, through the real gateway (issue 25 points 4 and 5):
 //!
 //! - Multi round-trip requests (stateless 2026-07-28): an `input_required` result reaches the
-//!   agent byte for byte as the server wrote it; the retry with `inputResponses` and the
-//!   `requestState` completes the call and is the one counted (a limit of one a minute lets
-//!   the call and its retry through, and refuses the next call). A retry is decided again:
-//!   another grant's retry on that state, a made-up state, the state on another tool are
-//!   refused with -32602, and a retry whose arguments hit a `deny_if` is denied by the rule.
+//!   agent byte for byte as the server wrote it; the call is counted once, by its first round,
+//!   and the retry with `inputResponses` and the `requestState` carries that count on (a limit
+//!   of one a minute lets the call and its retry through, and refuses the next call, retried
+//!   or not). A retry is decided again: another grant's retry on that state, a made-up state,
+//!   the state on another tool, a state used once already are refused with -32602, and a
+//!   retry whose arguments hit a `deny_if` is denied by the rule.
 //! - Tasks (2025-11-25 sessions, and the 2026-07-28 `resultType: "task"` form): another
 //!   grant's `tasks/get`, `tasks/result` and `tasks/cancel` on a task get -32602 `unknown
 //!   taskId`, `tasks/list` shows each grant only its own tasks, and a task's outcome settles
@@ -493,8 +494,8 @@ fn multi_round_trip(transport: Transport) {
     );
     assert_nothing_reached(&s, &after_ask, "a retry hitting deny_if");
 
-    // A's own retry completes the call. The input_required answer gave its count back, so
-    // the retry fits in the limit of one.
+    // A's own retry completes the call. It carries on the count of the call's first round, so
+    // it fits in the limit of one.
     let r = ask(
         TOKEN_A,
         12,
@@ -516,7 +517,21 @@ fn multi_round_trip(transport: Transport) {
         "only A's good retry reached the server"
     );
 
-    // The logical call was counted once, by its completing retry: A's next call is refused.
+    // A state resumes once.
+    let r = ask(
+        TOKEN_A,
+        15,
+        json!({"question": question}),
+        json!({"inputResponses": responses, "requestState": state}),
+    );
+    assert_rpc_error(&json_of(&r), -32602, UNBOUND_STATE, "a state used up");
+    assert_eq!(
+        s.record(),
+        expected,
+        "the used-up state never reached the server"
+    );
+
+    // The logical call was counted once: A's next call is refused.
     let r = ask(TOKEN_A, 13, json!({"question": "another one?"}), json!({}));
     assert_rate_limited(&json_of(&r), "ask", "asks", "A's second logical ask");
     assert_eq!(
@@ -533,6 +548,9 @@ fn multi_round_trip(transport: Transport) {
         "{}",
         r.text()
     );
+    // An unfinished call counts too: a grant cannot ask again and again without retrying.
+    let r = ask(TOKEN_B, 16, json!({"question": "B again?"}), json!({}));
+    assert_rate_limited(&json_of(&r), "ask", "asks", "B's second ask, never retried");
 }
 
 #[test]

@@ -6,8 +6,10 @@
 //!   call with `inputResponses` and that state. The retry is decided by the policy again like
 //!   any call, and its `requestState` must be one the gateway relayed to the same grant for the
 //!   same tool, so that no grant resumes another grant's call, or another tool's, on a state it
-//!   did not get. An `input_required` answer gives its counters back: the call has not
-//!   happened yet, and the retry that completes it is the one counted (once per logical call).
+//!   did not get. A state resumes once. The first round is counted against the limits like any
+//!   call; its reservation waits with the state, and the retry carries it on instead of
+//!   counting again (once per logical call), to be settled on how the call ends: an error
+//!   gives it back, a completed call keeps it, a state never used keeps it.
 //! - Tasks (2025-11-25 `CreateTaskResult {task: {taskId}}`, 2026-07-28 `resultType: "task"`
 //!   with `taskId`): a task-augmented call is decided like any call; the task it creates
 //!   belongs to the grant, and `tasks/get`, `tasks/result`, `tasks/update`, `tasks/cancel`
@@ -46,6 +48,8 @@ struct Issued {
     grant: Arc<str>,
     tool: Arc<str>,
     at: Instant,
+    /// The call's counters, carried on to its retry.
+    reservation: Mutex<Option<Reservation>>,
 }
 
 struct TaskEntry {
@@ -75,13 +79,20 @@ pub enum Unbound {
 
 impl Continuations {
     /// Whether a `tools/call` carrying `requestState` may go on: the state must have been
-    /// relayed to this grant, for this tool, within `STATE_TTL`.
-    pub fn check_state(&self, grant: &str, tool: &str, state: &str) -> Result<(), Unbound> {
-        match self.states.get(&digest(state)) {
-            Some(i) if &*i.grant == grant && &*i.tool == tool && i.at.elapsed() < STATE_TTL => {
-                Ok(())
-            }
-            _ => Err(Unbound::State),
+    /// relayed to this grant, for this tool, within `STATE_TTL`, and not used since. Taking it
+    /// uses it up, and hands over the reservation the call's earlier round left with it.
+    pub fn take_state(
+        &self,
+        grant: &str,
+        tool: &str,
+        state: &str,
+    ) -> Result<Option<Reservation>, Unbound> {
+        let taken = self.states.remove_if(&digest(state), |_, i| {
+            &*i.grant == grant && &*i.tool == tool && i.at.elapsed() < STATE_TTL
+        });
+        match taken {
+            Some((_, i)) => Ok(i.reservation.into_inner().expect("state lock")),
+            None => Err(Unbound::State),
         }
     }
 
@@ -132,6 +143,7 @@ impl Continuations {
                         grant: grant.clone(),
                         tool: tool.clone(),
                         at: Instant::now(),
+                        reservation: Mutex::new(None),
                     },
                 );
             } else {
@@ -157,20 +169,31 @@ impl Continuations {
         }
     }
 
-    /// Keeps a task-creating call's counters with the task its answer created (recorded by
-    /// `record_call_answer`) until the task's outcome is known. Returns the reservation when
-    /// the answer created no task the gateway knows.
-    pub fn hold_created(
+    /// Keeps a call's counters with what its answer left to finish it (recorded by
+    /// `record_call_answer`): the `requestState` its retry will carry, or the task it created.
+    /// Returns the reservation when the answer left neither (or one the gateway did not keep).
+    pub fn hold(
         &self,
         server: &Arc<str>,
         answer: &[u8],
         reservation: Reservation,
     ) -> Option<Reservation> {
-        let Some(task) = read_answer(answer).and_then(|a| a.created_task) else {
+        let Some(answer) = read_answer(answer) else {
             return Some(reservation);
         };
-        let key = (server.clone(), task);
-        match self.tasks.get(&key) {
+        if let Some(state) = answer.request_state {
+            return match self.states.get(&digest(&state)) {
+                Some(i) => {
+                    *i.reservation.lock().expect("state lock") = Some(reservation);
+                    None
+                }
+                None => Some(reservation),
+            };
+        }
+        let Some(task) = answer.created_task else {
+            return Some(reservation);
+        };
+        match self.tasks.get(&(server.clone(), task)) {
             Some(t) => {
                 *t.reservation.lock().expect("task lock") = Some(reservation);
                 None
@@ -357,14 +380,23 @@ mod tests {
         let answer = br#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"input_required","inputRequests":{"a":{"method":"elicitation/create","params":{}}},"requestState":"s-1"}}"#;
         let task = c.record_call_answer(&arc("srv"), &arc("g1"), &arc("refund"), answer);
         assert_eq!(task, None);
-        assert_eq!(c.check_state("g1", "refund", "s-1"), Ok(()));
-        assert_eq!(c.check_state("g2", "refund", "s-1"), Err(Unbound::State));
-        assert_eq!(c.check_state("g1", "delete", "s-1"), Err(Unbound::State));
-        assert_eq!(c.check_state("g1", "refund", "s-2"), Err(Unbound::State));
+        let taken = |c: &Continuations, g, t, s| c.take_state(g, t, s).map(|r| r.is_some());
+        assert_eq!(taken(&c, "g2", "refund", "s-1"), Err(Unbound::State));
+        assert_eq!(taken(&c, "g1", "delete", "s-1"), Err(Unbound::State));
+        assert_eq!(taken(&c, "g1", "refund", "s-2"), Err(Unbound::State));
+        // The call's reservation waits with its state and goes on with the retry, once.
+        let held = c.hold(&arc("srv"), answer, Reservation { taken: Vec::new() });
+        assert!(held.is_none(), "held with the state");
+        assert_eq!(taken(&c, "g1", "refund", "s-1"), Ok(true));
+        assert_eq!(
+            taken(&c, "g1", "refund", "s-1"),
+            Err(Unbound::State),
+            "used up"
+        );
         // A complete result's stray requestState is not a state to resume.
         let done = br#"{"jsonrpc":"2.0","id":2,"result":{"resultType":"complete","content":[],"requestState":"s-3"}}"#;
         c.record_call_answer(&arc("srv"), &arc("g1"), &arc("refund"), done);
-        assert_eq!(c.check_state("g1", "refund", "s-3"), Err(Unbound::State));
+        assert_eq!(taken(&c, "g1", "refund", "s-3"), Err(Unbound::State));
     }
 
     #[test]

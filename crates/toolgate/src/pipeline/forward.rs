@@ -173,25 +173,34 @@ pub async fn forward(
             let d = call.decided.with(Outcome::Unknown, None);
             return Ok(now(answers::unknown_tool(id, tool), Some(d)));
         }
-        if let Some(state) = ContinuedParams::read(msg.envelope.params).request_state
-            && gw
+        // A retry (2026-07-28) carries on its call's earlier round, and with it that round's
+        // reservation: the logical call is counted once.
+        let retried = match ContinuedParams::read(msg.envelope.params).request_state {
+            Some(state) => match gw
                 .continued
-                .check_state(&grant.id, &call.decided.tool, &state)
-                .is_err()
-        {
-            let body = jsonrpc::error_response(
-                msg.id,
-                jsonrpc::INVALID_PARAMS,
-                "Invalid params: requestState was not issued to this grant for this tool",
-            );
-            let d = call.decided.with(Outcome::Deny, Some(UNBOUND_STATE_RULE));
-            return Ok(now(body, Some(d)));
-        }
-        reservation = match reserve(gw, &grant, &binding, upstream, call, id).await {
-            Ok(r) => r,
-            Err((denial, outcome, rule)) => {
-                return Ok(now(denial, Some(call.decided.with(outcome, Some(&rule)))));
-            }
+                .take_state(&grant.id, &call.decided.tool, &state)
+            {
+                Ok(held) => Some(held),
+                Err(_) => {
+                    let body = jsonrpc::error_response(
+                        msg.id,
+                        jsonrpc::INVALID_PARAMS,
+                        "Invalid params: requestState was not issued to this grant for this tool",
+                    );
+                    let d = call.decided.with(Outcome::Deny, Some(UNBOUND_STATE_RULE));
+                    return Ok(now(body, Some(d)));
+                }
+            },
+            None => None,
+        };
+        reservation = match retried {
+            Some(held) => held,
+            None => match reserve(gw, &grant, &binding, upstream, call, id).await {
+                Ok(r) => r,
+                Err((denial, outcome, rule)) => {
+                    return Ok(now(denial, Some(call.decided.with(outcome, Some(&rule)))));
+                }
+            },
         };
     }
 
@@ -281,7 +290,7 @@ pub async fn forward(
                 c.record_call_answer(&server, &grant, &tool, &m);
                 m
             });
-            let hold = limits::TaskHold {
+            let hold = limits::CallHold {
                 continued: continued.clone(),
                 server: upstream.name().clone(),
             };

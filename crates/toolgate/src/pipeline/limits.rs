@@ -93,14 +93,14 @@ pub async fn reserve(
 /// connect and response timeouts and one retry.) With the reply goes what was read in a JSON
 /// body, when it was read, for the audit record.
 ///
-/// A call that created a task (`tasks`) keeps its counters with the task, to be settled on
-/// the task's outcome (`continued.rs`); a call the upstream answered `input_required` gives
-/// them back, as the retry that completes it will be counted.
+/// A call that created a task, or that the upstream answered `input_required`, keeps its
+/// counters with the task or the `requestState`, to be settled on how the call ends
+/// (`continued.rs`).
 pub async fn settle(
     counters: &Arc<Counters>,
     reservation: Option<Reservation>,
     reply: Reply,
-    tasks: Option<TaskHold>,
+    held: Option<CallHold>,
 ) -> (Reply, Option<Option<AnswerSummary>>) {
     let Some(reservation) = reservation else {
         return (reply, None);
@@ -108,7 +108,7 @@ pub async fn settle(
     let reply = match reply {
         Reply::Json { status, body } => {
             let summary = crate::jsonrpc::summarize(&body);
-            if let Some(r) = not_kept(summary, reservation, &body, tasks.as_ref()) {
+            if let Some(r) = not_kept(summary, reservation, &body, held.as_ref()) {
                 release(counters, r).await;
             }
             return (Reply::Json { status, body }, Some(summary));
@@ -131,7 +131,7 @@ pub async fn settle(
                             .take_if(|_| answered)
                             .and_then(|r| {
                                 let summary = crate::jsonrpc::summarize(&e.data);
-                                not_kept(summary, r, &e.data, tasks.as_ref())
+                                not_kept(summary, r, &e.data, held.as_ref())
                             })
                             .map(|r| (counters.clone(), r));
                         async move {
@@ -149,31 +149,34 @@ pub async fn settle(
     (reply, None)
 }
 
-/// Where a task-creating call's counters wait for the task's outcome.
-pub struct TaskHold {
+/// Where a call's counters wait when its answer leaves it unfinished (a task, a
+/// `requestState` to retry with).
+pub struct CallHold {
     pub continued: Arc<super::Continuations>,
     pub server: Arc<str>,
 }
 
 /// What happens to a call's reservation once its answer is read: None when it stays taken
-/// (the call happened, or its task holds it), Some when it must be given back.
+/// (the call happened, or what finishes it holds it), Some when it must be given back.
 fn not_kept(
     summary: Option<AnswerSummary>,
     reservation: Reservation,
     answer: &[u8],
-    tasks: Option<&TaskHold>,
+    held: Option<&CallHold>,
 ) -> Option<Reservation> {
-    if failed(summary) || summary == Some(AnswerSummary::InputRequired) {
+    if failed(summary) {
         return Some(reservation);
     }
-    match tasks {
-        Some(h) if memchr::memmem::find(answer, b"taskId").is_some() => {
-            // Held with the task when the answer created one the gateway recorded; the
-            // reservation comes back (and is dropped: the call counts) otherwise.
-            h.continued.hold_created(&h.server, answer, reservation);
-            None
+    let input_required = summary == Some(AnswerSummary::InputRequired);
+    match held {
+        Some(h) if input_required || memchr::memmem::find(answer, b"taskId").is_some() => {
+            // An unfinished call that the gateway could not keep a record of cannot be
+            // resumed: given back. A task it did not record still ran: the call counts.
+            h.continued
+                .hold(&h.server, answer, reservation)
+                .filter(|_| input_required)
         }
-        _ => None,
+        _ => input_required.then_some(reservation),
     }
 }
 
