@@ -6,7 +6,9 @@
 //! 3. `check_transport_headers`: `Mcp-Method` / `Mcp-Name` must agree with the body.
 //! 4. `bind_session`: the agent's session, checked against the grant, or a new one.
 //! 5. `decide` (decide.rs): the policy decision: deny, hide, or forward (`tools/list` filtered).
-//! 6. `forward` (forward.rs): an allowed call's counters reserved (limits.rs), the message sent
+//! 6. `forward` (forward.rs): a tool the policy does not name checked against the upstream's
+//!    list (listed.rs), a retry's `requestState` or a task id checked against the grant
+//!    (continued.rs), an allowed call's counters reserved (limits.rs), the message sent
 //!    upstream, its reply relayed as it came, the counters settled on the answer.
 //!
 //! Approval and audit (later issues) slot in around 5 and 6. Nothing here blocks: every step
