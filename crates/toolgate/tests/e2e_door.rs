@@ -32,7 +32,12 @@ fn door() -> Door {
     let other_record = dir.path().join("other.jsonl");
     let toml = format!(
         "max_body_bytes = {MAX_BODY}\n\n{}{}{}{}{}",
-        recorder_server_toml("rec", &record, &[]),
+        // The server has `delete-everything`; the policy does not name it (default deny).
+        recorder_server_toml(
+            "rec",
+            &record,
+            &[("RECORDER_EXTRA_TOOLS", "delete-everything")]
+        ),
         recorder_server_toml("other", &other_record, &[]),
         grant_toml("a", "rec", "TOK_A"),
         grant_toml("b", "rec", "TOK_B"),
@@ -487,8 +492,9 @@ fn message_refusals_reach_nothing() {
     ledger.verify(&d.record);
 }
 
-/// The policy's own refusal: a tool the policy does not allow is answered by the gateway as a
-/// tool result the agent can read, and never reaches the server.
+/// The policy's own refusal: a tool the server has and the policy does not allow is answered
+/// by the gateway as a tool result the agent can read, and never reaches the server. (A name
+/// the server does not have gets -32602 Unknown tool instead, as a hidden one does: SPEC 3.)
 #[test]
 fn a_denied_call_never_reaches_the_upstream() {
     let d = door();
@@ -500,7 +506,22 @@ fn a_denied_call_never_reaches_the_upstream() {
     let text = tool_text(&resp);
     assert!(text.starts_with("[POLICY DENIED]"), "{case}: {resp}");
     ledger.mark(case);
-    ledger.verify(&d.record);
+    // To tell a tool the server has from a name it does not, the gateway asks the server for
+    // its tool list itself; nothing else reaches it, and the call never does.
+    let rec = recorded(&d.record);
+    assert_eq!(
+        methods(&rec),
+        [
+            "initialize",
+            "notifications/initialized",
+            "tools/list",
+            "ping"
+        ],
+        "{}",
+        recorded_text(&d.record)
+    );
+    let markers: Vec<&str> = rec.iter().filter_map(marker).collect();
+    assert_eq!(markers, [case]);
 }
 
 /// `"id": null` is not an id (MCP ids are strings or integers): such a tools/call must be
