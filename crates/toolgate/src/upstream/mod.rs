@@ -118,3 +118,27 @@ pub struct Outbound<'a> {
     pub mcp_method: Option<&'a ::http::HeaderValue>,
     pub mcp_name: Option<&'a ::http::HeaderValue>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listed_tools_cache_is_forgotten_on_list_changed_only() {
+        let tools = ListedTools::default();
+        assert_eq!(tools.has("echo"), None, "nothing cached yet");
+        tools.replace(["echo".to_string()].into_iter().collect());
+        assert_eq!(tools.has("echo"), Some(true));
+        assert_eq!(tools.has("Echo"), Some(false));
+        for other in [
+            &br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}"#[..],
+            br#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"notifications/tools/list_changed"}]}}"#,
+            br#"{"jsonrpc":"2.0","method":"notifications/resources/list_changed"}"#,
+        ] {
+            tools.watch(other);
+            assert_eq!(tools.has("echo"), Some(true), "{}", String::from_utf8_lossy(other));
+        }
+        tools.watch(br#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#);
+        assert_eq!(tools.has("echo"), None, "forgotten");
+    }
+}
