@@ -22,10 +22,11 @@
 //! later request that would need the record is refused (fail closed).
 
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use memchr::memmem::Finder;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -136,8 +137,7 @@ impl Continuations {
     ) -> Option<Box<str>> {
         // Every call's answer passes here; almost none leaves anything to remember, and a
         // substring search spares those a second parse.
-        let finder = |needle: &[u8]| memchr::memmem::find(message, needle).is_some();
-        if !finder(b"requestState") && !finder(b"taskId") {
+        if !may_continue(message) {
             return None;
         }
         let answer = read_answer(message)?;
@@ -280,6 +280,16 @@ impl Continuations {
     }
 }
 
+/// The searches every call's params and answer go through before anything is parsed, built
+/// once: `memmem::find` builds its searcher again on each call.
+static REQUEST_STATE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("requestState"));
+static TASK_ID: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("taskId"));
+
+/// Whether a message may carry a `requestState` or a task id (a substring test, no parse).
+pub fn may_continue(message: &[u8]) -> bool {
+    REQUEST_STATE.find(message).is_some() || TASK_ID.find(message).is_some()
+}
+
 fn digest(state: &str) -> [u8; 32] {
     Sha256::digest(state.as_bytes()).into()
 }
@@ -298,6 +308,14 @@ impl<'a> ContinuedParams<'a> {
         params
             .and_then(|p| serde_json::from_str(p.get()).ok())
             .unwrap_or_default()
+    }
+
+    /// `requestState`, when the params have one. Every call is asked, and almost none has
+    /// one: a substring search spares the others a second parse of their arguments.
+    pub fn request_state(params: Option<&'a RawValue>) -> Option<Cow<'a, str>> {
+        let p = params?;
+        REQUEST_STATE.find(p.get().as_bytes())?;
+        ContinuedParams::read(Some(p)).request_state
     }
 }
 

@@ -175,7 +175,7 @@ pub async fn forward(
         }
         // A retry (2026-07-28) carries on its call's earlier round, and with it that round's
         // reservation: the logical call is counted once.
-        let retried = match ContinuedParams::read(msg.envelope.params).request_state {
+        let retried = match ContinuedParams::request_state(msg.envelope.params) {
             Some(state) => match gw
                 .continued
                 .take_state(&grant.id, &call.decided.tool, &state)

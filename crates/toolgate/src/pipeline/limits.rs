@@ -169,7 +169,7 @@ fn not_kept(
     }
     let input_required = summary == Some(AnswerSummary::InputRequired);
     match held {
-        Some(h) if input_required || memchr::memmem::find(answer, b"taskId").is_some() => {
+        Some(h) if input_required || super::continued::may_continue(answer) => {
             // An unfinished call that the gateway could not keep a record of cannot be
             // resumed: given back. A task it did not record still ran: the call counts.
             h.continued

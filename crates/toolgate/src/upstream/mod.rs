@@ -52,7 +52,9 @@ impl ListedTools {
     /// Forgets the list when `message` (one JSON-RPC message from the server) is
     /// `notifications/tools/list_changed`. A substring search first: most messages are not.
     pub fn watch(&self, message: &[u8]) {
-        if memchr::memmem::find(message, TOOLS_LIST_CHANGED.as_bytes()).is_some()
+        static LIST_CHANGED: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(TOOLS_LIST_CHANGED));
+        if LIST_CHANGED.find(message).is_some()
             && crate::jsonrpc::Envelope::parse(message)
                 .is_ok_and(|e| e.method() == TOOLS_LIST_CHANGED)
         {
