@@ -5,7 +5,7 @@
 //! then for the upstream's answer). Waking a sleeping thread on a virtual machine costs tens
 //! of microseconds (an interrupt to a halted vCPU, and its exit to the host), more than the
 //! gateway's own work on the call; a thread that is still polling sees the bytes within a
-//! microsecond or two (README, Performance: the added p50 at one session). HAProxy's
+//! microsecond or two (docs/performance.md: the added p50 at one session). HAProxy's
 //! `busy-polling` option is the same trade, always on once enabled.
 //!
 //! What it costs, and when it stops: CPU, while it polls. A thread polls only

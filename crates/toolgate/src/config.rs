@@ -19,7 +19,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 /// Default polling window of a serving thread (`busy_poll`): long enough to cover an
 /// upstream's answer on the same host and an agent's next request after an answer, at one
-/// agent (README, Performance).
+/// agent (docs/performance.md).
 pub const DEFAULT_BUSY_POLL: std::time::Duration = std::time::Duration::from_micros(200);
 /// Longer windows mostly burn CPU: past a millisecond, sleeping costs little in comparison.
 const MAX_BUSY_POLL_US: u64 = 1000;

@@ -346,7 +346,7 @@ fn an_invalid_policy_file_is_a_config_error() {
 
 /// The allocator's settings in the binary (`main.rs`, `_rjem_malloc_conf`) reach jemalloc: a
 /// symbol under the wrong name would be ignored without a word, and a call's malloc and free
-/// cost would go back up (README, Performance). jemalloc says what it set when asked to.
+/// cost would go back up (docs/performance.md). jemalloc says what it set when asked to.
 #[test]
 fn the_binary_sizes_jemallocs_thread_caches() {
     let dir = tempfile::tempdir().expect("temp dir");
