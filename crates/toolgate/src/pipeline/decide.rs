@@ -30,6 +30,8 @@ pub enum Verdict {
     DefaultDenied {
         denial: Bytes,
         decided: Box<Decided>,
+        /// The revision the call was made under, for the gateway's own tool listing.
+        revision: Revision,
     },
 }
 
@@ -192,6 +194,7 @@ fn decide_call(
             Ok(Verdict::DefaultDenied {
                 denial: answers::denial(id, &message, rule, version, rev),
                 decided: Box::new(decided(Outcome::Deny, Some(rule), version)),
+                revision: rev,
             })
         }
         Decision::Deny { rule, message } => Ok(Verdict::Answer(

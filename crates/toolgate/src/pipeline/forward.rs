@@ -98,7 +98,11 @@ pub async fn forward(
     let (list_filter, call, default_denied) = match verdict {
         Verdict::Answer(body, decided) => return Ok(now(body, Some(*decided))),
         Verdict::Forward { list_filter, call } => (list_filter, call, None),
-        Verdict::DefaultDenied { denial, decided } => (None, None, Some((denial, decided))),
+        Verdict::DefaultDenied {
+            denial,
+            decided,
+            revision,
+        } => (None, None, Some((denial, decided, revision))),
     };
     let decided = call.as_ref().map(|c| c.decided.clone());
     let out = Outbound {
@@ -132,8 +136,7 @@ pub async fn forward(
         })
     };
 
-    if let Some((denial, decided)) = default_denied {
-        let rev = super::revision(headers, msg);
+    if let Some((denial, decided, rev)) = default_denied {
         let listed = upstream_lists(
             gw,
             upstream,
@@ -288,8 +291,9 @@ pub async fn forward(
             let (server, c) = (server.clone(), continued.clone());
             let reply = on_answer(reply, move |m| {
                 c.record_call_answer(&server, &grant, &tool, &m);
-                m
-            });
+                std::future::ready(m)
+            })
+            .await;
             let hold = limits::CallHold {
                 continued: continued.clone(),
                 server: upstream.name().clone(),
@@ -297,18 +301,30 @@ pub async fn forward(
             (reply, Some(hold))
         }
         (None, Some(task)) => {
-            let settle = TaskSettle {
-                continued: continued.clone(),
-                counters: gw.counters.clone(),
-                server: server.clone(),
-                task,
-                method: method.into(),
-            };
-            (settle.on(reply).await, None)
+            // A failed or cancelled task gives its call's counters back before the answer
+            // goes on, so that the agent's next call finds them (as `limits::settle` does).
+            let (server, c) = (server.clone(), continued.clone());
+            let counters = gw.counters.clone();
+            let (task, method): (Arc<str>, Arc<str>) = (task.into(), method.into());
+            let reply = on_answer(reply, move |m| {
+                let settled = c.settle_task(&server, &task, &method, &m);
+                let counters = counters.clone();
+                async move {
+                    if let Some((r, true)) = settled {
+                        limits::release(&counters, r).await;
+                    }
+                    m
+                }
+            })
+            .await;
+            (reply, None)
         }
         (None, None) if msg.kind == Kind::Request && method == "tasks/list" => {
             let (server, c, grant) = (server.clone(), continued.clone(), grant.id.clone());
-            let reply = on_answer(reply, move |m| c.filter_task_list(&server, &grant, m));
+            let reply = on_answer(reply, move |m| {
+                std::future::ready(c.filter_task_list(&server, &grant, m))
+            })
+            .await;
             (reply, None)
         }
         (None, None) => (reply, None),
@@ -320,75 +336,38 @@ pub async fn forward(
     )
 }
 
-/// Settles a task's call on the outcome a task-naming request's answer reports: a failed or
-/// cancelled task gives the call's counters back before the answer goes on to the agent, so
-/// that the agent's next call finds them there (as `limits::settle` does for a plain call).
-struct TaskSettle {
-    continued: Arc<super::Continuations>,
-    counters: Arc<crate::counters::Counters>,
-    server: Arc<str>,
-    task: String,
-    method: Box<str>,
-}
-
-impl TaskSettle {
-    async fn answered(self: Arc<Self>, message: &[u8]) {
-        if let Some((r, true)) =
-            self.continued
-                .settle_task(&self.server, &self.task, &self.method, message)
-        {
-            limits::release(&self.counters, r).await;
-        }
-    }
-
-    async fn on(self, reply: Reply) -> Reply {
-        use futures_util::StreamExt;
-        let this = Arc::new(self);
-        match reply {
-            Reply::Json { status, body } => {
-                this.answered(&body).await;
-                Reply::Json { status, body }
-            }
-            Reply::Stream(events) => Reply::Stream(
-                events
-                    .then(move |e| {
-                        let this = this.clone();
-                        async move {
-                            if jsonrpc::is_response(&e.data) {
-                                this.answered(&e.data).await;
-                            }
-                            e
-                        }
-                    })
-                    .boxed(),
-            ),
-            other => other,
-        }
-    }
-}
-
 /// Rule named when a retried call's `requestState` is not one relayed to its grant.
 pub const UNBOUND_STATE_RULE: &str = "(request state not issued)";
 
 /// Passes the JSON-RPC response in a reply (its body, or its stream's response event)
 /// through `f`, in order, before it goes on.
-fn on_answer(reply: Reply, f: impl Fn(Bytes) -> Bytes + Send + 'static) -> Reply {
+async fn on_answer<F, Fut>(reply: Reply, f: F) -> Reply
+where
+    F: Fn(Bytes) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Bytes> + Send + 'static,
+{
     use futures_util::StreamExt;
     match reply {
         Reply::Json { status, body } => Reply::Json {
             status,
-            body: f(body),
+            body: f(body).await,
         },
-        Reply::Stream(events) => Reply::Stream(
-            events
-                .map(move |mut e| {
-                    if jsonrpc::is_response(&e.data) {
-                        e.data = f(e.data);
-                    }
-                    e
-                })
-                .boxed(),
-        ),
+        Reply::Stream(events) => {
+            let f = Arc::new(f);
+            Reply::Stream(
+                events
+                    .then(move |mut e| {
+                        let f = f.clone();
+                        async move {
+                            if jsonrpc::is_response(&e.data) {
+                                e.data = f(e.data).await;
+                            }
+                            e
+                        }
+                    })
+                    .boxed(),
+            )
+        }
         other => other,
     }
 }

@@ -9,12 +9,8 @@
 //! cached per upstream (`ListedTools`): fetched again when a call names a tool it lacks, and
 //! forgotten when the server sends `notifications/tools/list_changed`.
 
-use std::borrow::Cow;
-
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use super::forward::send_on;
 use super::{Binding, Message, Refused};
@@ -113,26 +109,7 @@ pub(super) async fn upstream_lists(
 /// capabilities and client info (a server may list tools by the capabilities a client has),
 /// or an empty capability set when the caller gave none.
 fn stateless_meta(msg: &Message<'_>) -> String {
-    #[derive(Deserialize)]
-    struct Params<'a> {
-        #[serde(borrow, rename = "_meta")]
-        meta: Option<&'a RawValue>,
-    }
-    #[derive(Deserialize)]
-    struct Meta<'a> {
-        #[serde(borrow, rename = "io.modelcontextprotocol/protocolVersion")]
-        version: Option<Cow<'a, str>>,
-        #[serde(borrow, rename = "io.modelcontextprotocol/clientCapabilities")]
-        capabilities: Option<&'a RawValue>,
-        #[serde(borrow, rename = "io.modelcontextprotocol/clientInfo")]
-        client_info: Option<&'a RawValue>,
-    }
-    let meta = msg
-        .envelope
-        .params
-        .and_then(|p| serde_json::from_str::<Params>(p.get()).ok())
-        .and_then(|p| p.meta)
-        .and_then(|m| serde_json::from_str::<Meta>(m.get()).ok());
+    let meta = super::StatelessMeta::of(msg);
     let version = meta
         .as_ref()
         .and_then(|m| m.version.as_deref())

@@ -252,31 +252,42 @@ pub fn revision(headers: &AgentHeaders<'_>, msg: &Message<'_>) -> Revision {
     if let Some(v) = headers.protocol_version {
         return Revision::of(v.as_bytes());
     }
-    #[derive(serde::Deserialize)]
-    struct Params<'a> {
-        #[serde(borrow, rename = "_meta")]
-        meta: Option<&'a serde_json::value::RawValue>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Meta<'a> {
-        #[serde(borrow, rename = "io.modelcontextprotocol/protocolVersion")]
-        version: Option<std::borrow::Cow<'a, str>>,
-    }
-    let Some(params) = msg.envelope.params else {
-        return Revision::Sessions;
-    };
-    if !params
-        .get()
-        .contains("io.modelcontextprotocol/protocolVersion")
-    {
+    // Most requests say no version in `_meta`: a substring test spares them the parse.
+    let says_version = msg
+        .envelope
+        .params
+        .is_some_and(|p| p.get().contains("io.modelcontextprotocol/protocolVersion"));
+    if !says_version {
         return Revision::Sessions;
     }
-    serde_json::from_str::<Params>(params.get())
-        .ok()
-        .and_then(|p| p.meta)
-        .and_then(|m| serde_json::from_str::<Meta>(m.get()).ok())
+    StatelessMeta::of(msg)
         .and_then(|m| m.version)
         .map_or(Revision::Sessions, |v| Revision::of(v.as_bytes()))
+}
+
+/// The keys of a request's `_meta` that carry what a 2026-07-28 request says about its
+/// client (no session does): its protocol version, capabilities and client info.
+#[derive(serde::Deserialize)]
+pub(crate) struct StatelessMeta<'a> {
+    #[serde(borrow, rename = "io.modelcontextprotocol/protocolVersion")]
+    pub version: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, rename = "io.modelcontextprotocol/clientCapabilities")]
+    pub capabilities: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, rename = "io.modelcontextprotocol/clientInfo")]
+    pub client_info: Option<&'a serde_json::value::RawValue>,
+}
+
+impl<'a> StatelessMeta<'a> {
+    /// The message's `params._meta`, read for those keys; None when it has none.
+    pub fn of(msg: &Message<'a>) -> Option<StatelessMeta<'a>> {
+        #[derive(serde::Deserialize)]
+        struct Params<'a> {
+            #[serde(borrow, rename = "_meta")]
+            meta: Option<&'a serde_json::value::RawValue>,
+        }
+        let params: Params = serde_json::from_str(msg.envelope.params?.get()).ok()?;
+        serde_json::from_str(params.meta?.get()).ok()
+    }
 }
 
 /// The name the policy decides on and `Mcp-Name` must match, for the methods that have one.
